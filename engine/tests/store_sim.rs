@@ -629,3 +629,33 @@ async fn yield_now() {
     })
     .await
 }
+
+#[test]
+fn check_calls_a_torn_tail_clean_and_a_damaged_middle_corrupt() {
+    let (disk, written) = one_segment(21, 20);
+    let name = only_segment(&disk);
+    let clean = block_on(holdfast_engine::store::check(&disk)).unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!((clean.records, clean.live_keys), (20, 20));
+    assert_eq!(clean.index_files_missing, 1, "the segment last written has no index file");
+
+    // Cut the last record in half: a torn tail, which is not corruption.
+    let bytes = disk.contents(&name).unwrap();
+    let end = bytes.iter().rposition(|&byte| byte != 0).unwrap() + 1;
+    disk.truncate_durably(&name, end as u64 - 10);
+    let torn = block_on(holdfast_engine::store::check(&disk)).unwrap();
+    assert!(torn.is_clean(), "{torn:?}");
+    assert_eq!((torn.torn_tails, torn.records), (1, 19));
+
+    // Damage the first record: valid records follow it, so it is corruption.
+    disk.overwrite(&name, 4096 + 45, b"rot");
+    let damaged = block_on(holdfast_engine::store::check(&disk)).unwrap();
+    assert!(!damaged.is_clean());
+    assert_eq!(damaged.corrupt_records_skipped, 1);
+    assert_eq!(damaged.damaged_segments.len(), 1);
+    // Checking changed nothing: opening still finds the same damage.
+    let (store, report) = block_on(Store::open(disk.clone(), options())).unwrap();
+    assert_eq!(report.corrupt_records_skipped, 1);
+    assert_eq!(read_state(&store, &written[0].0).unwrap(), None);
+    assert_eq!(read_state(&store, &written[1].0).unwrap().as_ref(), Some(&written[1].1));
+}

@@ -80,6 +80,7 @@
 //! writes must be polled to completion: dropping a write's future while it
 //! leads a flush fails its batch with [`WriteError::Interrupted`].
 
+mod check;
 mod error;
 mod index;
 pub mod index_file;
@@ -96,6 +97,7 @@ use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
 
+pub use self::check::{CheckReport, check};
 pub use self::error::{CompactError, OpenError, ReadError, WriteError};
 pub use self::index::Location;
 pub use self::options::{StoreOptions, SyncPolicy};
