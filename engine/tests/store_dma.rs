@@ -51,8 +51,9 @@ fn a_fresh_empty_data_directory_writes_reads_and_restarts() {
             let found = store.get(n % 8, format!("key{n}").as_bytes()).await.expect("get");
             assert_eq!(found.is_some(), n != 3);
         }
-        let check =
-            holdfast_engine::store::check(&DmaDisk::open(&path).expect("disk")).await.expect("check");
+        let check = holdfast_engine::store::check(&DmaDisk::open(&path).expect("disk"))
+            .await
+            .expect("check");
         assert!(check.is_clean(), "{check:?}");
     });
 }

@@ -83,7 +83,7 @@ fn read_state(store: &Store<SimDisk>, key: &Key) -> Result<State, ReadError> {
 
 #[test]
 fn store_matches_a_hash_map_model_through_compactions_and_reopens() {
-    for_seeds(400, |seed| {
+    for_seeds(1000, |seed| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let disk = disk(seed);
         let mut store = open(&disk);
@@ -259,7 +259,7 @@ fn concurrent_writes(
 #[test]
 fn crash_at_any_moment_loses_no_acknowledged_write() {
     let faults_seen = std::cell::Cell::new((0, 0));
-    for_seeds(300, |seed| {
+    for_seeds(1000, |seed| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let disk = disk(seed);
         disk.set_faults(SimFaults { yield_probability: 0.6, ..SimFaults::default() });

@@ -92,9 +92,8 @@ pub async fn check<D: Disk>(disk: &D) -> Result<CheckReport, OpenError> {
             Ok(index_file) => read_whole(&index_file).await.map_err(io("read", &index_name))?,
             Err(error) => return Err(io("open", &index_name)(error)),
         };
-        let agrees = index_file::decode(id, &index_bytes).is_ok_and(|loaded| {
-            loaded.records == scan.records && loaded.data_end == scan.data_end
-        });
+        let agrees = index_file::decode(id, &index_bytes)
+            .is_ok_and(|loaded| loaded.records == scan.records && loaded.data_end == scan.data_end);
         if !agrees {
             report.index_files_bad.push(id);
         }

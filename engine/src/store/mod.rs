@@ -110,8 +110,10 @@ use crate::disk::{Disk, DiskFile};
 
 /// How much of a segment compaction and recovery read per `read_at`.
 const READ_CHUNK_BYTES: usize = 1 << 20;
-/// Compaction yields to foreground work after this many records.
+/// Compaction yields to foreground work after scanning this many records.
 const COMPACTION_RECORDS_PER_YIELD: usize = 256;
+/// Compaction writes (and syncs) its copies in chunks of about this size.
+const COMPACTION_CHUNK_BYTES: u64 = 1 << 20;
 
 /// What recovery found when the store was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -890,7 +892,11 @@ impl<D: Disk> Store<D> {
             return Ok(());
         };
         let bytes = read_whole(&file).await?;
-        let scan = segment::scan(id, &bytes);
+        let mut scanner = segment::Scanner::new(id, &bytes);
+        while !scanner.advance(COMPACTION_RECORDS_PER_YIELD) {
+            yield_now().await;
+        }
+        let scan = scanner.finish();
         if !scan.corrupt_regions.is_empty() || !scan.header_valid {
             // Damage found: keep the segment for repair.
             if let Some(segment) = self.inner.borrow_mut().segments.get_mut(&id) {
@@ -923,9 +929,20 @@ impl<D: Disk> Store<D> {
                 }
             }
         }
-        for chunk in survivors.chunks(COMPACTION_RECORDS_PER_YIELD) {
+        // Copy in chunks of about a megabyte, each written and synced at
+        // once, yielding to foreground work in between.
+        let mut survivors = survivors.as_slice();
+        while !survivors.is_empty() {
+            let mut take = 0;
+            let mut chunk_bytes = 0;
+            while take < survivors.len() && take < 1024 && chunk_bytes < COMPACTION_CHUNK_BYTES {
+                chunk_bytes += survivors[take].len_on_disk();
+                take += 1;
+            }
+            let (chunk, rest) = survivors.split_at(take);
             self.copy_records(&bytes, id, chunk, output, outputs).await?;
             report.records_copied += chunk.len() as u64;
+            survivors = rest;
             yield_now().await;
         }
         let segment = {

@@ -130,43 +130,79 @@ impl Scan {
 /// Reads back the whole of segment `id`, whose bytes are `bytes`,
 /// following the recovery cases in the module documentation.
 pub fn scan(id: u64, bytes: &[u8]) -> Scan {
-    let mut scan = Scan {
-        header_valid: header_is_valid(bytes, id),
-        data_end: HEADER_BLOCK_BYTES as u64,
-        ..Scan::default()
-    };
-    let mut position = HEADER_BLOCK_BYTES;
-    while position < bytes.len() {
-        match record::decode(&bytes[position..]) {
-            Decoded::Record { header, key, .. } => {
-                scan.records.push(ScannedRecord {
-                    offset: position as u64,
-                    partition: header.partition,
-                    seq: header.seq,
-                    kind: header.kind,
-                    value_len: header.value_len,
-                    key: key.into(),
-                });
-                position += header.record_len();
-                scan.data_end = position as u64;
-            }
-            Decoded::Zeros if bytes[position..].iter().all(|&byte| byte == 0) => break,
-            Decoded::Zeros | Decoded::Invalid(_) => match resynchronise(bytes, position) {
-                Some(next) => {
-                    scan.corrupt_regions.push((position as u64, (next - position) as u64));
-                    position = next;
-                }
-                None => {
-                    let tail = &bytes[position..];
-                    let nonzero = tail.iter().rposition(|&byte| byte != 0).map_or(0, |i| i + 1);
-                    scan.torn_tail_bytes = nonzero as u64;
-                    break;
-                }
-            },
-        }
+    let mut scanner = Scanner::new(id, bytes);
+    while !scanner.advance(usize::MAX) {}
+    scanner.finish()
+}
+
+/// A scan in steps, so that a background task can yield between them.
+#[derive(Debug)]
+pub struct Scanner<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    done: bool,
+    scan: Scan,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(id: u64, bytes: &'a [u8]) -> Scanner<'a> {
+        let scan = Scan {
+            header_valid: header_is_valid(bytes, id),
+            data_end: HEADER_BLOCK_BYTES as u64,
+            ..Scan::default()
+        };
+        Scanner { bytes, position: HEADER_BLOCK_BYTES, done: false, scan }
     }
-    assert!(scan.data_end as usize <= bytes.len().max(HEADER_BLOCK_BYTES));
-    scan
+
+    /// Reads up to `records_max` more records (a damaged region counts as
+    /// one). Returns whether the scan is complete.
+    pub fn advance(&mut self, records_max: usize) -> bool {
+        let (bytes, scan) = (self.bytes, &mut self.scan);
+        for _ in 0..records_max {
+            if self.done || self.position >= bytes.len() {
+                self.done = true;
+                break;
+            }
+            let position = self.position;
+            match record::decode(&bytes[position..]) {
+                Decoded::Record { header, key, .. } => {
+                    scan.records.push(ScannedRecord {
+                        offset: position as u64,
+                        partition: header.partition,
+                        seq: header.seq,
+                        kind: header.kind,
+                        value_len: header.value_len,
+                        key: key.into(),
+                    });
+                    self.position += header.record_len();
+                    scan.data_end = self.position as u64;
+                }
+                Decoded::Zeros if bytes[position..].iter().all(|&byte| byte == 0) => {
+                    self.done = true;
+                }
+                Decoded::Zeros | Decoded::Invalid(_) => match resynchronise(bytes, position) {
+                    Some(next) => {
+                        scan.corrupt_regions.push((position as u64, (next - position) as u64));
+                        self.position = next;
+                    }
+                    None => {
+                        let tail = &bytes[position..];
+                        let nonzero = tail.iter().rposition(|&byte| byte != 0).map_or(0, |i| i + 1);
+                        scan.torn_tail_bytes = nonzero as u64;
+                        self.done = true;
+                    }
+                },
+            }
+        }
+        self.done
+    }
+
+    /// What the scan found; call once `advance` returned true.
+    pub fn finish(self) -> Scan {
+        assert!(self.done, "finish before the scan completed");
+        assert!(self.scan.data_end as usize <= self.bytes.len().max(HEADER_BLOCK_BYTES));
+        self.scan
+    }
 }
 
 /// The offset of the first verified record after the bad one at `bad`.
