@@ -44,3 +44,6 @@
 
 pub mod disk;
 pub mod store;
+pub mod partition;
+pub mod identity;
+pub mod replica;

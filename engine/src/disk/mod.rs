@@ -46,7 +46,7 @@ use std::io;
 pub trait Disk {
     /// A handle to one open file. Cheap to clone (reference counted); every
     /// clone refers to the same open file.
-    type File: DiskFile + Clone;
+    type File: DiskFile + Clone + std::fmt::Debug;
 
     /// The alignment, in bytes, of every write's offset and length.
     fn alignment(&self) -> usize;
