@@ -42,6 +42,8 @@ pub enum WriteError {
     Poisoned,
     #[error("the write was interrupted before its outcome was known")]
     Interrupted,
+    #[error("the store is closed")]
+    Closed,
 }
 
 impl WriteError {

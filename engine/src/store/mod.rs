@@ -27,8 +27,10 @@
 //! leader: it takes the whole queue, encodes it into one aligned buffer,
 //! writes it with one `write_at`, syncs it with one `fdatasync` (under
 //! `SyncPolicy::Always`), applies it to the index, and acknowledges every
-//! write in it; then it takes whatever queued meanwhile, until the queue is
-//! empty. Writes that arrive together thus share one `fdatasync`.
+//! write in it. Whatever queued meanwhile forms the next batch, led by its
+//! oldest writer: the lead passes on after every batch, so no writer waits
+//! for more than the batch in flight and its own, however steady the load.
+//! Writes that arrive together thus share one `fdatasync`.
 //!
 //! The index changes only after a write is durable (under the policy), so a
 //! read never returns a value that a crash could still take away.
@@ -96,6 +98,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
+use futures::future::Either;
 
 pub use self::check::{CheckReport, check};
 pub use self::error::{CompactError, OpenError, ReadError, WriteError};
@@ -206,6 +209,8 @@ struct Inner<F> {
     compacting: bool,
     /// Set for good by a failed `fdatasync`.
     poisoned: bool,
+    /// Set by `close`.
+    closed: bool,
     /// Written but not yet synced (under `Interval` and `Never`).
     unsynced: bool,
     /// Abandoned segments written but not yet synced, for the next `sync`.
@@ -260,6 +265,8 @@ struct Pending {
     kind: RecordKind,
     seq: u64,
     done: oneshot::Sender<Result<u64, WriteError>>,
+    /// Fired to make this write's task lead the next batch.
+    lead: Option<oneshot::Sender<()>>,
 }
 
 impl<D: Disk> Store<D> {
@@ -465,11 +472,15 @@ impl<D: Disk> Store<D> {
         kind: RecordKind,
         value: &[u8],
     ) -> Result<u64, WriteError> {
-        let (done, outcome) = oneshot::channel();
-        let lead = {
+        let (done, mut outcome) = oneshot::channel();
+        let (lead, chosen) = oneshot::channel();
+        let lead_now = {
             let mut inner = self.inner.borrow_mut();
             if inner.poisoned {
                 return Err(WriteError::Poisoned);
+            }
+            if inner.closed {
+                return Err(WriteError::Closed);
             }
             let seq = inner.next_seq;
             inner.next_seq += 1;
@@ -484,26 +495,42 @@ impl<D: Disk> Store<D> {
                 kind,
                 seq,
                 done,
+                lead: Some(lead),
             });
             !std::mem::replace(&mut inner.flushing, true)
         };
-        if lead {
-            self.lead_flushes().await;
+        if lead_now {
+            drop(chosen);
+        } else {
+            // Wait for the outcome, or to be chosen to lead the next batch
+            // (which then holds this write).
+            let mut waiting = ChosenGuard { store: self, chosen: Some(chosen) };
+            let chosen = waiting.chosen.as_mut().expect("just set");
+            match futures::future::select(&mut outcome, chosen).await {
+                Either::Left((result, _)) => return result.unwrap_or(Err(WriteError::Interrupted)),
+                Either::Right((Ok(()), _)) => waiting.chosen = None,
+                // Taken into a batch that someone else leads.
+                Either::Right((Err(_), _)) => {
+                    waiting.chosen = None;
+                    return outcome.await.unwrap_or(Err(WriteError::Interrupted));
+                }
+            }
         }
+        self.lead_one_batch().await;
         outcome.await.unwrap_or(Err(WriteError::Interrupted))
     }
 
-    /// Flushes batches until the queue is empty. Only one runs at a time.
-    async fn lead_flushes(&self) {
+    /// Flushes the queue as one batch (it holds the leader's own write),
+    /// then hands the lead to the oldest writer still queued, so that no
+    /// writer flushes for others longer than one batch.
+    async fn lead_one_batch(&self) {
         let guard = FlushGuard { inner: &self.inner, finished: false };
-        loop {
-            let batch = std::mem::take(&mut self.inner.borrow_mut().queue);
-            if batch.is_empty() {
-                break;
-            }
+        let batch = std::mem::take(&mut self.inner.borrow_mut().queue);
+        if !batch.is_empty() {
             self.flush(batch).await;
         }
         guard.finish();
+        hand_off_lead(&mut self.inner.borrow_mut());
     }
 
     /// Writes one batch, in as many segments as it takes, and completes
@@ -1042,12 +1069,18 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
-    /// Flushes what is queued, seals the current segment and writes every
-    /// missing index file, so that the next open reads no segment whole.
-    pub async fn close(self) -> Result<(), WriteError> {
-        assert!(!self.inner.borrow().flushing, "close while a write is in flight");
-        if self.inner.borrow().poisoned {
-            return Err(WriteError::Poisoned);
+    /// Seals the current segment (synced) and writes every missing index
+    /// file, so that the next open reads no segment whole. Writes after
+    /// this are refused with [`WriteError::Closed`]; reads go on. Call it
+    /// when no write is in flight.
+    pub async fn close(&self) -> Result<(), WriteError> {
+        {
+            let mut inner = self.inner.borrow_mut();
+            assert!(!inner.flushing, "close while a write is in flight");
+            if inner.poisoned {
+                return Err(WriteError::Poisoned);
+            }
+            inner.closed = true;
         }
         self.seal_writer().await?;
         self.write_index_files().await?;
@@ -1119,6 +1152,7 @@ fn placeholder_inner<F>() -> Inner<F> {
         flushing: false,
         compacting: false,
         poisoned: false,
+        closed: false,
         unsynced: false,
         unsynced_files: Vec::new(),
         next_seq: 1,
@@ -1167,11 +1201,42 @@ impl<F> FlushGuard<'_, F> {
     }
 }
 
+/// Makes the oldest queued writer that can still lead the next leader, or
+/// ends the flushing if nobody is queued. Leadership passes with
+/// `flushing` still set, so no new writer starts a second flush meanwhile.
+fn hand_off_lead<F>(inner: &mut Inner<F>) {
+    for pending in &mut inner.queue {
+        // A writer whose future was dropped cannot lead: try the next one.
+        if pending.lead.take().is_some_and(|lead| lead.send(()).is_ok()) {
+            return;
+        }
+    }
+    inner.flushing = false;
+    // Every queued writer is gone: nobody waits for these writes.
+    inner.queue.clear();
+}
+
+/// Passes the lead on if a writer chosen to lead is dropped before leading.
+struct ChosenGuard<'a, D: Disk> {
+    store: &'a Store<D>,
+    chosen: Option<oneshot::Receiver<()>>,
+}
+
+impl<D: Disk> Drop for ChosenGuard<'_, D> {
+    fn drop(&mut self) {
+        if let Some(mut chosen) = self.chosen.take() {
+            if let Ok(Some(())) = chosen.try_recv() {
+                hand_off_lead(&mut self.store.inner.borrow_mut());
+            }
+        }
+    }
+}
+
 impl<F> Drop for FlushGuard<'_, F> {
     fn drop(&mut self) {
         let mut inner = self.inner.borrow_mut();
-        inner.flushing = false;
         if !self.finished {
+            inner.flushing = false;
             // The outcome of the write in flight is unknown: never append
             // after it. Queued writes fail (their senders drop).
             if let Some(writer) = inner.writer.take() {
