@@ -14,8 +14,8 @@
 //! - `holdfast store torture` (hidden) is the child process of the crash
 //!   test in `tests/crash_sigkill.rs`; see `commands/torture.rs`.
 //!
-//! Serving a node (`holdfast serve`, `holdfast up`) and talking to a cluster
-//! (`put`, `get`, `status`) join these once the runtime exists.
+//! - `holdfast serve` runs a node (see `commands/serve.rs`), and
+//!   `holdfast put | get | delete` send it one request each.
 //!
 //! Every command that touches a store runs it on one glommio executor (the
 //! store is per shard and `!Send`); nothing here spins, since the machines
@@ -41,7 +41,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{Outcome, bench, check, torture};
+use crate::commands::{Outcome, bench, check, client, serve, torture};
 
 // The store allocates a buffer per write and per read; mimalloc keeps those
 // allocations cheap and local to the shard's thread.
@@ -65,6 +65,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs one node until SIGTERM or SIGINT.
+    Serve(serve::ServeArgs),
+    /// Writes a value (replacing what the given context covers).
+    Put(client::PutArgs),
+    /// Reads a key: its siblings and their context.
+    Get(client::GetArgs),
+    /// Deletes a key (replacing what the given context covers).
+    Delete(client::DeleteArgs),
     /// Operator tools for one shard's store directory.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -88,9 +96,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let outcome = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Put(args) => client::put(args),
+        Command::Get(args) => client::get(args),
+        Command::Delete(args) => client::delete(args),
         Command::Store(StoreCommand::Check(args)) => check::run(args),
         Command::Store(StoreCommand::Bench(args)) => bench::run(args),
         Command::Store(StoreCommand::Torture(args)) => torture::run(args),

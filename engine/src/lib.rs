@@ -47,3 +47,4 @@ pub mod store;
 pub mod partition;
 pub mod identity;
 pub mod replica;
+pub mod server;

@@ -18,6 +18,30 @@
 //! Both are checked by assertions on every local construction and by the
 //! decoder on everything that arrives from outside.
 //!
+//! # Encoding
+//!
+//! A version vector travels on its own as the causal context a client carries
+//! from a read to its next write ([`VersionVector::encode`]). Clients treat
+//! the bytes as opaque, but the node decodes whatever a client sends back, so
+//! the decoder is as strict as the sibling set's: the encoding is canonical
+//! (equal vectors give equal bytes), and only bytes the encoder could have
+//! produced are accepted. Integers are little-endian and fixed-width.
+//!
+//! ```text
+//! clock   := format:u8 (= 1)  count:u32 (<= CLOCK_ENTRIES_MAX)  entry × count
+//!            entries strictly ascending by actor
+//! entry   := node:u64  incarnation:u32  counter:u64 (>= 1)             (20 bytes)
+//!
+//!  0        1          5                      25                 5 + 20 × count
+//!  +--------+----------+----------------------+-------+----------+
+//!  | format | count    | entry 0              |  ...  | entry n-1|
+//!  +--------+----------+----------------------+-------+----------+
+//! ```
+//!
+//! The format byte lets a later build change the layout (say, to carry a
+//! session token with the clock) and still recognise contexts that clients
+//! saved under this one.
+//!
 //! # Why the size is bounded without pruning
 //!
 //! The actors in a key's clock are the nodes that coordinated writes for it:
@@ -44,6 +68,27 @@ use std::fmt;
 /// 64 is far above N plus a lifetime of replacements for one key (N is
 /// typically 3 or 5), yet bounds a decoded clock to 64 × 20 = 1280 bytes.
 pub const CLOCK_ENTRIES_MAX: usize = 64;
+
+/// The leading byte of every encoded version vector. Bumped on any layout
+/// change.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes of an encoded clock entry: node, incarnation, counter.
+const ENTRY_BYTES: usize = 8 + 4 + 8;
+/// Bytes before the first entry: the format byte and the entry count.
+const HEADER_BYTES: usize = 1 + 4;
+
+/// The length of an encoded version vector of `entries` entries.
+pub const fn encoded_len(entries: usize) -> usize {
+    HEADER_BYTES + ENTRY_BYTES * entries
+}
+
+/// The longest encoded version vector the decoder accepts: the most a causal
+/// context can take in a request or a reply.
+pub const CLOCK_BYTES_MAX: usize = encoded_len(CLOCK_ENTRIES_MAX);
+
+const _: () = assert!(CLOCK_BYTES_MAX == 1285);
+const _: () = assert!(CLOCK_ENTRIES_MAX <= u16::MAX as usize);
 
 /// The identity that issues dots: one incarnation of one node.
 ///
@@ -146,6 +191,44 @@ pub enum ClockError {
         /// Position of the entry that is out of order.
         index: usize,
     },
+}
+
+/// Why bytes are not a canonical encoded version vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClockDecodeError {
+    /// The input is shorter than its header, or than its count of entries
+    /// says it must be.
+    #[error("truncated clock: need {needed} bytes, {available} available")]
+    Truncated {
+        /// Bytes the encoding needs (the header, or the header and every entry).
+        needed: usize,
+        /// Bytes given.
+        available: usize,
+    },
+    /// Bytes remain after the last entry.
+    #[error("{count} trailing bytes after the clock")]
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
+    /// The leading byte is not a format this build reads.
+    #[error("unknown clock format {format} (this build reads {FORMAT_VERSION})")]
+    UnknownFormat {
+        /// The byte found.
+        format: u8,
+    },
+    /// The entry count exceeds [`CLOCK_ENTRIES_MAX`].
+    #[error("clock of {count} entries, more than the limit of {max}")]
+    TooManyEntries {
+        /// The count found.
+        count: u32,
+        /// The limit.
+        max: usize,
+    },
+    /// The entries are well formed but not canonical.
+    #[error(transparent)]
+    Invalid(#[from] ClockError),
 }
 
 /// A set of events summarised as the highest counter per actor.
@@ -261,6 +344,68 @@ impl VersionVector {
         self.entries.iter().copied()
     }
 
+    /// The canonical encoding (layout in the module doc).
+    ///
+    /// Does not apply [`CLOCK_ENTRIES_MAX`]: a vector joined past it still
+    /// encodes, and every decoder will refuse it, so whoever hands out a
+    /// context must keep it within the limit.
+    ///
+    /// # Panics
+    ///
+    /// If the vector has more than `u32::MAX` entries, which nothing can
+    /// build from decoded input.
+    pub fn encode(&self) -> Vec<u8> {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+        let count = u32::try_from(self.entries.len()).expect("clock entry count fits a u32");
+        let mut out = Vec::with_capacity(encoded_len(self.entries.len()));
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&count.to_le_bytes());
+        for &(actor, counter) in &self.entries {
+            out.extend_from_slice(&actor.node.to_le_bytes());
+            out.extend_from_slice(&actor.incarnation.to_le_bytes());
+            out.extend_from_slice(&counter.to_le_bytes());
+        }
+        assert_eq!(out.len(), encoded_len(self.entries.len()));
+        out
+    }
+
+    /// Decodes bytes produced by [`encode`](Self::encode), refusing anything
+    /// else (every refusal is a [`ClockDecodeError`]). Never panics, and
+    /// allocates only after the length has been checked against the count.
+    pub fn decode(bytes: &[u8]) -> Result<VersionVector, ClockDecodeError> {
+        let Some((&format, rest)) = bytes.split_first() else {
+            return Err(ClockDecodeError::Truncated { needed: HEADER_BYTES, available: 0 });
+        };
+        if format != FORMAT_VERSION {
+            return Err(ClockDecodeError::UnknownFormat { format });
+        }
+        let Some((count_bytes, body)) = rest.split_first_chunk::<4>() else {
+            return Err(ClockDecodeError::Truncated {
+                needed: HEADER_BYTES,
+                available: bytes.len(),
+            });
+        };
+        let count = u32::from_le_bytes(*count_bytes);
+        let count_usize = usize::try_from(count).unwrap_or(usize::MAX);
+        if count_usize > CLOCK_ENTRIES_MAX {
+            return Err(ClockDecodeError::TooManyEntries { count, max: CLOCK_ENTRIES_MAX });
+        }
+        let needed = encoded_len(count_usize);
+        if bytes.len() < needed {
+            return Err(ClockDecodeError::Truncated { needed, available: bytes.len() });
+        }
+        if bytes.len() > needed {
+            return Err(ClockDecodeError::TrailingBytes { count: bytes.len() - needed });
+        }
+        let (chunks, remainder) = body.as_chunks::<ENTRY_BYTES>();
+        assert!(remainder.is_empty() && chunks.len() == count_usize);
+        let entries: Vec<(Actor, u64)> = chunks.iter().map(decode_entry).collect();
+        let vector = VersionVector::from_entries(entries)?;
+        Ok(vector)
+    }
+
     /// Whether `other` contains every event of `self`.
     fn is_covered_by(&self, other: &VersionVector) -> bool {
         self.entries.iter().all(|&(actor, counter)| other.get(actor) >= counter)
@@ -275,6 +420,18 @@ impl FromIterator<Dot> for VersionVector {
         }
         vector
     }
+}
+
+/// One entry of the encoding; its counter is not yet checked.
+fn decode_entry(entry: &[u8; ENTRY_BYTES]) -> (Actor, u64) {
+    let mut node = [0; 8];
+    let mut incarnation = [0; 4];
+    let mut counter = [0; 8];
+    node.copy_from_slice(&entry[0..8]);
+    incarnation.copy_from_slice(&entry[8..12]);
+    counter.copy_from_slice(&entry[12..20]);
+    let actor = Actor::new(u64::from_le_bytes(node), u32::from_le_bytes(incarnation));
+    (actor, u64::from_le_bytes(counter))
 }
 
 /// Checks the canonical form: actors strictly ascending, counters nonzero.
@@ -384,6 +541,59 @@ mod tests {
             VersionVector::from_entries(vec![(A, 1), (A, 2)]),
             Err(ClockError::ActorsNotAscending { index: 1 })
         );
+    }
+
+    #[test]
+    fn encoding_has_the_documented_layout() {
+        let bytes = vv(&[(A, 3), (B, 1)]).encode();
+        assert_eq!(bytes.len(), encoded_len(2));
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(bytes[1..5], 2u32.to_le_bytes());
+        assert_eq!(bytes[5..13], 1u64.to_le_bytes());
+        assert_eq!(bytes[13..17], 0u32.to_le_bytes());
+        assert_eq!(bytes[17..25], 3u64.to_le_bytes());
+        assert_eq!(VersionVector::decode(&bytes), Ok(vv(&[(A, 3), (B, 1)])));
+        assert_eq!(VersionVector::new().encode(), [FORMAT_VERSION, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn decode_refuses_every_non_canonical_encoding() {
+        let good = vv(&[(A, 3), (B, 1)]).encode();
+        let decode = VersionVector::decode;
+        assert_eq!(decode(&[]), Err(ClockDecodeError::Truncated { needed: 5, available: 0 }));
+        assert_eq!(
+            decode(&good[..3]),
+            Err(ClockDecodeError::Truncated { needed: 5, available: 3 })
+        );
+        assert_eq!(
+            decode(&good[..good.len() - 1]),
+            Err(ClockDecodeError::Truncated { needed: 45, available: 44 })
+        );
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(decode(&trailing), Err(ClockDecodeError::TrailingBytes { count: 1 }));
+        let mut format = good.clone();
+        format[0] = 2;
+        assert_eq!(decode(&format), Err(ClockDecodeError::UnknownFormat { format: 2 }));
+        let mut count = good.clone();
+        count[1..5].copy_from_slice(&65u32.to_le_bytes());
+        assert_eq!(decode(&count), Err(ClockDecodeError::TooManyEntries { count: 65, max: 64 }));
+        count[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&count), Err(ClockDecodeError::TooManyEntries { .. })));
+        let mut zero = good.clone();
+        zero[17..25].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(decode(&zero), Err(ClockError::CounterZero { index: 0 }.into()));
+        let swapped = [&good[..5], &good[25..45], &good[5..25]].concat();
+        assert_eq!(decode(&swapped), Err(ClockError::ActorsNotAscending { index: 1 }.into()));
+    }
+
+    #[test]
+    fn the_largest_clock_round_trips_at_the_byte_limit() {
+        let full: VersionVector =
+            (0..CLOCK_ENTRIES_MAX as u64).map(|node| Dot::new(Actor::new(node, 0), 1)).collect();
+        let bytes = full.encode();
+        assert_eq!(bytes.len(), CLOCK_BYTES_MAX);
+        assert_eq!(VersionVector::decode(&bytes), Ok(full));
     }
 
     #[test]

@@ -57,8 +57,13 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod clock;
+pub mod frame;
+pub mod limits;
+pub mod message;
 pub mod siblings;
 
-pub use clock::{Actor, Causality, Dot, VersionVector};
+pub use client::{Client, ClientError, ClientOptions, Context, GetResult};
+pub use clock::{Actor, Causality, ClockDecodeError, Dot, VersionVector};
 pub use siblings::{DecodeError, DecodeLimits, SiblingSet, Version, WriteError};

@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod check;
+pub mod client;
+pub mod serve;
 pub mod torture;
 
 use std::future::Future;

@@ -1,0 +1,200 @@
+//! The node's server: one glommio executor per shard, each owning a fixed
+//! subset of the partitions, their store and their replica state.
+//!
+//! # Shape
+//!
+//! ```text
+//!            clients (pipelined frames)
+//!   SO_REUSEPORT: the kernel spreads connections over the shards
+//!        |                 |
+//!   +---------+       +---------+
+//!   | shard 0 | <---> | shard 1 |   channel mesh: a request for a key the
+//!   | store 0 |  raw  | store 1 |   other shard owns crosses as the frame it
+//!   +---------+ frames+---------+   arrived in, its reply comes back the same
+//! ```
+//!
+//! Each shard listens on the same address (glommio binds with
+//! `SO_REUSEPORT`), accepts its own connections, and serves each as a
+//! reader task, a task per request (so requests on one connection are
+//! answered as they complete, possibly out of order), and a writer task
+//! that coalesces every reply ready into one `write`. A request whose key
+//! belongs to another shard travels there over the mesh as the frame it
+//! arrived in and its reply frame travels back, neither re-encoded; there
+//! are no locks on the data path.
+//!
+//! # Start-up and shutdown
+//!
+//! Shards open their stores first and report their recovery; the node's
+//! identity (and whether its incarnation is bumped: see `identity`) is
+//! settled from those reports before any shard coordinates a write.
+//! Shutdown (the `shutdown` flag, set by the binary on SIGTERM/SIGINT):
+//! every shard stops accepting and reading, finishes the requests in
+//! flight, answers them, closes its store (which syncs and seals it) and
+//! exits.
+
+mod connection;
+mod shard;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::store::{RecoveryReport, StoreOptions, SyncPolicy};
+
+/// How a node is configured.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Executors, one per core; each owns `partitions / shards` partitions.
+    pub shards: u32,
+    /// The number of partitions (a power of two; fixed for a cluster's life).
+    pub partitions: u32,
+    pub store: StoreOptions,
+    /// The largest frame accepted from a peer, header included.
+    pub frame_bytes_max: u32,
+    /// Requests in flight on one connection before it stops reading.
+    pub connection_in_flight_max: usize,
+    /// Pin shard `i` to CPU `i` (when there are that many CPUs).
+    pub pin: bool,
+    /// How often background upkeep (index files, compaction) runs.
+    pub maintenance_interval: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults for a node listening on `listen` with data in `data_dir`.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> ServerOptions {
+        ServerOptions {
+            data_dir,
+            listen,
+            shards: 1,
+            partitions: crate::partition::PARTITIONS_DEFAULT,
+            store: StoreOptions::default(),
+            frame_bytes_max: holdfast_net::limits::FRAME_BYTES_MAX_DEFAULT,
+            connection_in_flight_max: 1024,
+            pin: true,
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("shard {shard}: {message}")]
+    Shard { shard: u32, message: String },
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a node reports once it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct ServerReport {
+    pub recovery: Vec<RecoveryReport>,
+    pub requests: u64,
+}
+
+/// Runs a node until `shutdown` is set, then stops it gracefully.
+pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerReport, ServerError> {
+    let partitioner = crate::partition::Partitioner::new(options.partitions, options.shards)
+        .map_err(ServerError::Options)?;
+    options.store.validate(4096).map_err(ServerError::Options)?;
+    crate::disk::dma::raise_memlock_limit()?;
+    std::fs::create_dir_all(&options.data_dir)?;
+    let fresh = !options.data_dir.join("node.id").exists();
+
+    let shards = options.shards as usize;
+    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
+    let (recovered_tx, recovered_rx) = std::sync::mpsc::channel();
+    let mut actor_txs = Vec::new();
+    let mut handles = Vec::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for shard in 0..options.shards {
+        let (actor_tx, actor_rx) = std::sync::mpsc::channel();
+        actor_txs.push(actor_tx);
+        let placement = if options.pin && shards <= cpus {
+            Placement::Fixed(shard as usize)
+        } else {
+            Placement::Unbound
+        };
+        let context = shard::ShardContext {
+            id: shard,
+            partitioner,
+            options: options.clone(),
+            mesh: (shards > 1).then(|| mesh.clone()),
+            recovered: recovered_tx.clone(),
+            actor: actor_rx,
+            shutdown: shutdown.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{shard}"))
+            // glommio re-arms a timer each loop turn; a longer preemption
+            // period makes that cheaper and costs nothing here, since every
+            // task yields at its own I/O.
+            .preempt_timer(Duration::from_millis(100))
+            .spawn(move || shard::run(context))
+            .map_err(|error| ServerError::Shard { shard, message: error.to_string() })?;
+        handles.push(handle);
+    }
+    drop(recovered_tx);
+
+    // Settle the node's identity from every shard's recovery before any
+    // shard writes with it.
+    let mut recovery = vec![RecoveryReport::default(); shards];
+    for _ in 0..shards {
+        match recovered_rx.recv() {
+            Ok((shard, Ok(report))) => recovery[shard as usize] = report,
+            Ok((shard, Err(message))) => {
+                shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+                drop(actor_txs);
+                for handle in handles {
+                    let _ = handle.join();
+                }
+                return Err(ServerError::Shard { shard, message });
+            }
+            Err(_) => break,
+        }
+    }
+    let lost_something = recovery
+        .iter()
+        .any(|report| report.torn_tails_truncated > 0 || report.corrupt_records_skipped > 0);
+    let bump = !fresh && (lost_something || options.store.sync != SyncPolicy::Always);
+    let identity =
+        crate::identity::load_or_create(&options.data_dir, rand::random::<u64>(), bump)?;
+    tracing::info!(
+        node = format_args!("{:016x}", identity.node),
+        incarnation = identity.incarnation,
+        listen = %options.listen,
+        shards,
+        "node ready"
+    );
+    let actor = holdfast_net::Actor::new(identity.node, identity.incarnation);
+    for tx in actor_txs {
+        let _ = tx.send(actor);
+    }
+    let mut report = ServerReport { recovery, requests: 0 };
+    let mut failure = None;
+    for (shard, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(requests)) => report.requests += requests,
+            Ok(Err(message)) => failure = Some(ServerError::Shard { shard: shard as u32, message }),
+            Err(error) => {
+                failure = Some(ServerError::Shard { shard: shard as u32, message: error.to_string() })
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(report),
+    }
+}

@@ -1,0 +1,348 @@
+//! One shard: an executor's partitions, store, replica and connections.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use ahash::AHashMap;
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::net::TcpListener;
+use glommio::{Latency, Shares};
+use holdfast_net::Actor;
+
+use holdfast_net::frame::Frame;
+use holdfast_net::message::{ErrorCode, Request, RequestLimits};
+
+use super::ServerOptions;
+use super::wire;
+use crate::disk::dma::DmaDisk;
+use crate::partition::Partitioner;
+use crate::replica::{Replica, ReplicaError};
+use crate::store::{RecoveryReport, Store, SyncPolicy, WriteError};
+
+/// What crosses between shards: a request frame for the shard that owns
+/// its key, and the reply frame coming back. Both exactly as they travel on
+/// the wire.
+#[derive(Debug)]
+pub(crate) enum Forward {
+    Request { origin: u32, token: u64, frame: Vec<u8> },
+    Reply { token: u64, frame: Vec<u8> },
+}
+
+/// What a shard's executor is started with.
+pub(crate) struct ShardContext {
+    pub id: u32,
+    pub partitioner: Partitioner,
+    pub options: ServerOptions,
+    pub mesh: Option<MeshBuilder<Forward, Full>>,
+    pub recovered: mpsc::Sender<(u32, Result<RecoveryReport, String>)>,
+    pub actor: mpsc::Receiver<Actor>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// A shard's state, shared by its tasks (all on one thread).
+pub(crate) struct Shard {
+    pub id: u32,
+    pub partitioner: Partitioner,
+    pub options: ServerOptions,
+    pub replica: Replica<DmaDisk>,
+    peers: Option<Senders<Forward>>,
+    /// Requests forwarded to other shards, by token, awaiting replies.
+    forwarded: RefCell<AHashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    next_token: Cell<u64>,
+    pub requests: Cell<u64>,
+    /// Requests being handled (for a graceful shutdown).
+    pub in_flight: Cell<u64>,
+    pub stopping: Watch,
+}
+
+/// Runs a shard until shutdown. Returns the number of requests it served.
+pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
+    let ShardContext { id, partitioner, options, mesh, recovered, actor, shutdown } = context;
+    // Join the mesh before anything can fail, so that no peer waits forever
+    // for a shard that gave up.
+    let mesh = match mesh {
+        Some(mesh) => Some(
+            mesh.join().await.map_err(|error| format!("joining the shard mesh failed: {error}"))?,
+        ),
+        None => None,
+    };
+    let opened = async {
+        let disk = DmaDisk::open(options.data_dir.join(format!("shard-{id}")))
+            .map_err(|error| format!("data directory: {error}"))?;
+        Store::open(disk, options.store.clone()).await.map_err(|error| error.to_string())
+    }
+    .await;
+    let store = match opened {
+        Ok((store, report)) => {
+            let _ = recovered.send((id, Ok(report)));
+            store
+        }
+        Err(message) => {
+            let _ = recovered.send((id, Err(message.clone())));
+            return Err(message);
+        }
+    };
+    // The node's identity is settled once every shard has recovered. A
+    // blocking wait is fine here: nothing else runs on this shard yet.
+    let Ok(actor) = actor.recv() else {
+        store.close().await.map_err(|error| error.to_string())?;
+        return Ok(0);
+    };
+    let (peers, receivers) = match mesh {
+        Some((senders, receivers)) => (Some(senders), Some(receivers)),
+        None => (None, None),
+    };
+    let shard = Rc::new(Shard {
+        id,
+        partitioner,
+        options: options.clone(),
+        replica: Replica::new(store, actor),
+        peers,
+        forwarded: RefCell::new(AHashMap::new()),
+        next_token: Cell::new(1),
+        requests: Cell::new(0),
+        in_flight: Cell::new(0),
+        stopping: Watch::default(),
+    });
+
+    // The shutdown flag is set from a signal handler's thread; shards look
+    // at it a few times a second, which is all a shutdown needs.
+    let watcher = shard.clone();
+    glommio::spawn_local(async move {
+        while !shutdown.load(Ordering::Relaxed) {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        watcher.stopping.set();
+    })
+    .detach();
+
+    if let Some(mut receivers) = receivers {
+        for (_, stream) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(message) = stream.recv().await {
+                    shard.clone().on_forward(message);
+                }
+            })
+            .detach();
+        }
+    }
+
+    // Background upkeep runs in its own task queue with few shares, so
+    // foreground requests win whenever both are ready.
+    let background = glommio::executor().create_task_queue(
+        Shares::Static(50),
+        Latency::NotImportant,
+        "maintenance",
+    );
+    let upkeep = shard.clone();
+    glommio::spawn_local_into(
+        async move {
+            let interval = upkeep.options.maintenance_interval;
+            while !upkeep.stopping.is_set() {
+                glommio::timer::sleep(interval).await;
+                if let Err(error) = upkeep.replica.store().maintain().await {
+                    tracing::warn!(shard = upkeep.id, %error, "store maintenance failed");
+                }
+            }
+        },
+        background,
+    )
+    .map_err(|error| error.to_string())?
+    .detach();
+
+    if let SyncPolicy::Interval { interval_ms } = options.store.sync {
+        let syncer = shard.clone();
+        glommio::spawn_local(async move {
+            while !syncer.stopping.is_set() {
+                glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
+                if let Err(error) = syncer.replica.store().sync().await {
+                    tracing::error!(shard = syncer.id, %error, "periodic sync failed");
+                }
+            }
+        })
+        .detach();
+    }
+
+    let listener = TcpListener::bind(options.listen)
+        .map_err(|error| format!("listening on {}: {error}", options.listen))?;
+    loop {
+        let accepting = std::pin::pin!(listener.accept());
+        let stopping = std::pin::pin!(shard.stopping.wait());
+        match futures::future::select(accepting, stopping).await {
+            futures::future::Either::Left((Ok(stream), _)) => {
+                let shard = shard.clone();
+                glommio::spawn_local(super::connection::serve(shard, stream)).detach();
+            }
+            futures::future::Either::Left((Err(error), _)) => {
+                tracing::warn!(shard = id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            futures::future::Either::Right(_) => break,
+        }
+    }
+    drop(listener);
+    // Finish what is in flight, then make the store durable and close it.
+    while shard.in_flight.get() > 0 {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let requests = shard.requests.get();
+    tracing::info!(shard = id, requests, "shard stopping");
+    shard.replica.store().close().await.map_err(|error| error.to_string())?;
+    Ok(requests)
+}
+
+impl Shard {
+    /// Handles one request frame and returns its reply frame.
+    pub async fn handle(self: &Rc<Self>, frame: Frame) -> Vec<u8> {
+        self.requests.set(self.requests.get() + 1);
+        let request_id = frame.request_id();
+        let store = self.replica.store().options();
+        let limits = RequestLimits {
+            key_bytes_max: store.key_bytes_max,
+            value_bytes_max: store.value_bytes_max,
+        };
+        let request = match Request::parse(&frame, &limits) {
+            Ok(request) => request,
+            Err(refusal) => {
+                return holdfast_net::message::encode_message(request_id, &refusal.to_reply());
+            }
+        };
+        let key = match &request {
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => *key,
+            Request::Ping => return wire::pong(request_id),
+        };
+        let partition = self.partitioner.partition_of(key);
+        let owner = self.partitioner.shard_of(partition);
+        if owner != self.id {
+            drop(request);
+            return self.forward(owner, frame.as_bytes().to_vec(), request_id).await;
+        }
+        let outcome = match request {
+            Request::Get { key, .. } => {
+                self.replica.read(partition, key).await.map(|set| wire::get_reply(request_id, &set))
+            }
+            Request::Put { key, value, context, .. } => self
+                .replica
+                .write(partition, key, &context, Some(value.to_vec()))
+                .await
+                .map(|set| wire::put_reply(request_id, &set)),
+            Request::Delete { key, context, .. } => self
+                .replica
+                .write(partition, key, &context, None)
+                .await
+                .map(|set| wire::delete_reply(request_id, &set)),
+            Request::Ping => return wire::pong(request_id),
+        };
+        outcome.unwrap_or_else(|error| error_reply(request_id, &error))
+    }
+
+    /// Sends a request frame to the shard that owns its key and waits for
+    /// the reply frame.
+    async fn forward(&self, owner: u32, frame: Vec<u8>, request_id: u64) -> Vec<u8> {
+        let Some(peers) = &self.peers else {
+            unreachable!("a single shard owns every partition");
+        };
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let (done, reply) = oneshot::channel();
+        self.forwarded.borrow_mut().insert(token, done);
+        let message = Forward::Request { origin: self.id, token, frame };
+        if peers.send_to(owner as usize, message).await.is_err() {
+            self.forwarded.borrow_mut().remove(&token);
+            return wire::error(request_id, ErrorCode::Internal, "owning shard is gone");
+        }
+        reply.await.unwrap_or_else(|_| {
+            wire::error(request_id, ErrorCode::Internal, "owning shard dropped the request")
+        })
+    }
+
+    /// Handles a message from another shard.
+    fn on_forward(self: Rc<Self>, message: Forward) {
+        match message {
+            Forward::Request { origin, token, frame } => {
+                self.in_flight.set(self.in_flight.get() + 1);
+                glommio::spawn_local(async move {
+                    // The frame was checked where it arrived; decoding it again
+                    // puts it in an aligned buffer for rkyv and costs a copy.
+                    let reply = match Frame::from_bytes(&frame, self.options.frame_bytes_max) {
+                        Ok(frame) => self.handle(frame).await,
+                        Err(error) => wire::error(0, ErrorCode::Internal, &error.to_string()),
+                    };
+                    if let Some(peers) = &self.peers {
+                        let _ = peers.send_to(origin as usize, Forward::Reply { token, frame: reply }).await;
+                    }
+                    self.in_flight.set(self.in_flight.get() - 1);
+                })
+                .detach();
+            }
+            Forward::Reply { token, frame } => {
+                if let Some(done) = self.forwarded.borrow_mut().remove(&token) {
+                    let _ = done.send(frame);
+                }
+            }
+        }
+    }
+}
+
+/// The reply for a failed operation.
+fn error_reply(request_id: u64, error: &ReplicaError) -> Vec<u8> {
+    let code = match error {
+        ReplicaError::Write(WriteError::KeyTooLarge { .. }) => ErrorCode::KeyTooLarge,
+        ReplicaError::Write(WriteError::ValueTooLarge { .. }) => ErrorCode::ValueTooLarge,
+        ReplicaError::Write(WriteError::DiskFull) => ErrorCode::DiskFull,
+        ReplicaError::Write(WriteError::Closed) => ErrorCode::ShuttingDown,
+        ReplicaError::Clock(_) => ErrorCode::BadContext,
+        _ => ErrorCode::Internal,
+    };
+    wire::error(request_id, code, &error.to_string())
+}
+
+/// A flag tasks can wait on: set once, never cleared.
+#[derive(Default)]
+pub(crate) struct Watch {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Watch {
+    pub fn set(&self) {
+        self.set.set(true);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    /// Completes once the flag is set.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        WatchWait { watch: self }
+    }
+}
+
+struct WatchWait<'a> {
+    watch: &'a Watch,
+}
+
+impl Future for WatchWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.watch.set.get() {
+            return Poll::Ready(());
+        }
+        self.watch.waiters.borrow_mut().push(context.waker().clone());
+        Poll::Pending
+    }
+}

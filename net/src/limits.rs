@@ -1,0 +1,90 @@
+//! Every size a peer can make us accept, in one place.
+//!
+//! A node and a client each refuse anything larger than these, so a hostile
+//! or buggy peer can cost at most a bounded amount of memory per connection.
+//! The relations between the limits are checked at compile time below: a
+//! request carrying the largest key, value and context must fit in the
+//! default request frame, and a reply carrying the largest sibling set must
+//! fit in the default reply frame.
+//!
+//! The numbers are protocol constants, not tuning knobs: a node may be
+//! configured to accept less (and answers `KeyTooLarge`, `ValueTooLarge` or
+//! closes on `FrameTooLarge`), never more than a client built against this
+//! crate will send or accept.
+
+use crate::clock::CLOCK_BYTES_MAX;
+use crate::frame::HEADER_BYTES;
+use crate::siblings::{VALUE_BYTES_MAX_DEFAULT, VERSIONS_MAX};
+
+/// The longest key: 64 KiB, the same as the store's.
+pub const KEY_BYTES_MAX: usize = 64 * 1024;
+
+/// The longest value: 1 MiB, the same as the sibling set decoder's default.
+pub const VALUE_BYTES_MAX: usize = VALUE_BYTES_MAX_DEFAULT as usize;
+
+/// The longest causal context: an encoded clock at its entry limit.
+pub const CONTEXT_BYTES_MAX: usize = CLOCK_BYTES_MAX;
+
+/// The longest message in an error reply. Nodes cut longer ones at a
+/// character boundary; the code, not the text, is what programs act on.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// rkyv's own bytes in a message body beyond its byte payloads: the root
+/// struct (an 8-byte relative pointer and length per vector, the integers)
+/// and alignment padding before it. The largest root, `PutRequest`'s, is 28
+/// bytes with at most 3 bytes of padding; 256 leaves room to add fields.
+pub const MESSAGE_OVERHEAD_BYTES_MAX: usize = 256;
+
+/// rkyv's bytes per element of a vector of byte vectors (a reply's
+/// siblings): one archived vector, an 8-byte pointer and length.
+pub const SIBLING_OVERHEAD_BYTES: usize = 8;
+
+/// The default largest frame a node accepts from a client, header included:
+/// 2 MiB, comfortably above the largest request (a put of a 64 KiB key, a
+/// 1 MiB value and a full context is about 1.07 MiB).
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 2 * 1024 * 1024;
+
+/// The default largest frame a client accepts from a node, header included:
+/// 65 MiB, because a read returns every sibling, and a key may hold
+/// [`VERSIONS_MAX`] of them at [`VALUE_BYTES_MAX`] each. Node-to-node frames
+/// that ship a whole sibling set need the same room. The decoder grows its
+/// buffer only as bytes arrive, so the limit costs nothing until a reply
+/// that large actually comes.
+pub const REPLY_FRAME_BYTES_MAX_DEFAULT: u32 = 65 * 1024 * 1024;
+
+/// The largest frame limit a decoder may be configured with: 1 GiB. rkyv's
+/// relative pointers are 32-bit signed offsets, so an archive must stay well
+/// under 2 GiB; nothing in the protocol comes near this.
+pub const FRAME_BYTES_MAX_CEILING: u32 = 1 << 30;
+
+/// The default bound on requests a client keeps in flight on one connection
+/// (started, and not yet completed and collected). Enough to keep a loopback
+/// connection busy (Redis reaches its peak with 16), small enough that a
+/// stalled node costs a client little memory.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 128;
+
+/// The largest request a client can send.
+pub const REQUEST_BYTES_MAX: usize =
+    HEADER_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX + CONTEXT_BYTES_MAX + MESSAGE_OVERHEAD_BYTES_MAX;
+
+/// The largest reply to a read: every sibling at the value limit.
+pub const READ_REPLY_BYTES_MAX: usize = HEADER_BYTES
+    + VERSIONS_MAX * (VALUE_BYTES_MAX + SIBLING_OVERHEAD_BYTES)
+    + CONTEXT_BYTES_MAX
+    + MESSAGE_OVERHEAD_BYTES_MAX;
+
+const _: () = assert!(REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(READ_REPLY_BYTES_MAX <= REPLY_FRAME_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(FRAME_BYTES_MAX_DEFAULT <= REPLY_FRAME_BYTES_MAX_DEFAULT);
+const _: () = assert!(REPLY_FRAME_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_CEILING);
+const _: () = assert!(FRAME_BYTES_MAX_CEILING < i32::MAX as u32);
+// A key must be shorter than a value's limit (so a store record bounded by
+// the value limit plus a key stays small), and an error message must fit
+// any frame.
+const _: () = assert!(KEY_BYTES_MAX < VALUE_BYTES_MAX);
+const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(
+    HEADER_BYTES + ERROR_MESSAGE_BYTES_MAX + MESSAGE_OVERHEAD_BYTES_MAX
+        <= FRAME_BYTES_MAX_DEFAULT as usize
+);
+const _: () = assert!(IN_FLIGHT_MAX_DEFAULT >= 1);

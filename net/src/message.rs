@@ -1,0 +1,758 @@
+//! Messages: what a frame's body holds, and the one place archived bytes are
+//! read.
+//!
+//! Every body is an rkyv 0.8 archive of one of the plain structs below. The
+//! wire types hold only integers, byte vectors, vectors of byte vectors and
+//! strings: no maps, no shared pointers, no `Option` (whose niche encoding is
+//! where rkyv's validator has had its soundness and panic bugs; rkyv issues
+//! 665, 670, 685, 694, 699). "Absent" is written as empty (an empty context
+//! means none) and "default" as zero (`r = 0` means the cluster's R).
+//!
+//! # Validation
+//!
+//! A body is read only through [`access`] (or [`Frame::access`], which also
+//! checks the protocol version and the kind first), which runs rkyv's
+//! validating access (bytecheck) over the whole archive before any field is
+//! read. There is no unchecked access anywhere in holdfast: validation costs
+//! nanoseconds for these shapes, and a frame has already cost a syscall.
+//! Failures here leave the connection usable; the peer answers the request
+//! with an [`ErrorReply`] and carries on.
+//!
+//! Requests are further checked against the node's size limits and their
+//! contexts decoded by [`Request::parse`], which is what a node calls on
+//! every frame a client sends.
+
+use std::fmt;
+
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Positional, Writer};
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+use crate::clock::{ClockDecodeError, VersionVector};
+use crate::frame::{BODY_ALIGNMENT, Frame, HEADER_BYTES, Kind, PROTOCOL_VERSION, finish_frame};
+use crate::limits::{ERROR_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// Read a key. Answered by [`GetReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GetRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// How many replicas must answer; 0 means the cluster's default R.
+    pub r: u8,
+}
+
+/// Write a value. Answered by [`PutReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PutRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The causal context from an earlier read or write of this key (an
+    /// encoded [`VersionVector`]), empty for none: the write supersedes
+    /// exactly the versions the context covers.
+    pub context: Vec<u8>,
+    /// How many replicas must acknowledge; 0 means the cluster's default W.
+    pub w: u8,
+}
+
+/// Delete a key: write a tombstone that supersedes what the context covers.
+/// Answered by [`DeleteReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The causal context from an earlier read or write, empty for none (a
+    /// delete with no context supersedes nothing, so it is rarely useful).
+    pub context: Vec<u8>,
+    /// How many replicas must acknowledge; 0 means the cluster's default W.
+    pub w: u8,
+}
+
+/// Ask the node to answer. Answered by [`Pong`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Ping {}
+
+/// The siblings of a key and their context.
+///
+/// A key that was never written, or whose every version is a tombstone,
+/// has no values; that is not an error.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GetReply {
+    /// The live siblings in the node's canonical (dot) order; tombstones are
+    /// left out.
+    pub values: Vec<Vec<u8>>,
+    /// The encoded context covering every version read, tombstones included:
+    /// a write that carries it supersedes all of them.
+    pub context: Vec<u8>,
+}
+
+/// A write was acknowledged.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PutReply {
+    /// The context of the key after the write (covering the new version and
+    /// any sibling concurrent with it), so a client can overwrite its own
+    /// write without reading first.
+    pub context: Vec<u8>,
+}
+
+/// A delete was acknowledged.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteReply {
+    /// The context of the key after the delete.
+    pub context: Vec<u8>,
+}
+
+/// The answer to a [`Ping`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Pong {}
+
+/// A request failed; sent under the request's id in place of its reply.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorReply {
+    /// What went wrong, as an [`ErrorCode`]'s wire value (see
+    /// [`ErrorReply::error_code`]).
+    pub code: u16,
+    /// A human-readable explanation, at most
+    /// [`ERROR_MESSAGE_BYTES_MAX`] bytes.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// An error reply, its message cut to [`ERROR_MESSAGE_BYTES_MAX`] bytes
+    /// at a character boundary.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        let mut message = message.into();
+        if message.len() > ERROR_MESSAGE_BYTES_MAX {
+            let mut end = ERROR_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        assert!(message.len() <= ERROR_MESSAGE_BYTES_MAX);
+        ErrorReply { code: code.to_u16(), message }
+    }
+
+    /// The code, decoded.
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::from_u16(self.code)
+    }
+}
+
+/// What went wrong with a request.
+///
+/// Codes are grouped by what a client should do about them:
+///
+/// | codes     | meaning                                                     |
+/// |-----------|-------------------------------------------------------------|
+/// | 1..=99    | the request is at fault; sending it again unchanged fails   |
+/// | 100..=199 | the node cannot serve it now; a retry later may succeed     |
+/// | 200..=299 | the node is at fault                                        |
+///
+/// A code this build does not know decodes as [`Unrecognized`](Self::Unrecognized),
+/// whose group still tells what to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The body is not a valid message of its kind, or a field is invalid.
+    BadRequest,
+    /// The key is longer than the node accepts.
+    KeyTooLarge,
+    /// The value is longer than the node accepts.
+    ValueTooLarge,
+    /// The frame is longer than the node accepts; the node closes the
+    /// connection after sending this.
+    FrameTooLarge,
+    /// The context is not an encoded version vector.
+    BadContext,
+    /// The node does not know the frame's kind.
+    UnknownKind,
+    /// The node does not speak the frame's protocol version.
+    UnsupportedVersion,
+    /// Too few replicas are reachable to meet R or W.
+    Unavailable,
+    /// R or W replicas did not answer in time; a write may still have been
+    /// applied on some of them.
+    Timeout,
+    /// The node is shedding load; retry after a pause.
+    Overloaded,
+    /// The node's disk is full.
+    DiskFull,
+    /// The node is shutting down and takes no new requests.
+    ShuttingDown,
+    /// A bug or an I/O failure in the node.
+    Internal,
+    /// A code this build does not know.
+    Unrecognized(u16),
+}
+
+impl ErrorCode {
+    /// The wire value.
+    pub const fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 1,
+            ErrorCode::KeyTooLarge => 2,
+            ErrorCode::ValueTooLarge => 3,
+            ErrorCode::FrameTooLarge => 4,
+            ErrorCode::BadContext => 5,
+            ErrorCode::UnknownKind => 6,
+            ErrorCode::UnsupportedVersion => 7,
+            ErrorCode::Unavailable => 100,
+            ErrorCode::Timeout => 101,
+            ErrorCode::Overloaded => 102,
+            ErrorCode::DiskFull => 103,
+            ErrorCode::ShuttingDown => 104,
+            ErrorCode::Internal => 200,
+            ErrorCode::Unrecognized(code) => code,
+        }
+    }
+
+    /// The code with this wire value; `from_u16(c).to_u16() == c` for all `c`.
+    pub const fn from_u16(code: u16) -> ErrorCode {
+        match code {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::KeyTooLarge,
+            3 => ErrorCode::ValueTooLarge,
+            4 => ErrorCode::FrameTooLarge,
+            5 => ErrorCode::BadContext,
+            6 => ErrorCode::UnknownKind,
+            7 => ErrorCode::UnsupportedVersion,
+            100 => ErrorCode::Unavailable,
+            101 => ErrorCode::Timeout,
+            102 => ErrorCode::Overloaded,
+            103 => ErrorCode::DiskFull,
+            104 => ErrorCode::ShuttingDown,
+            200 => ErrorCode::Internal,
+            code => ErrorCode::Unrecognized(code),
+        }
+    }
+
+    /// Whether sending the same request again later may succeed (codes
+    /// 100..=199).
+    pub const fn is_transient(self) -> bool {
+        matches!(self.to_u16(), 100..=199)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Unrecognized(code) => write!(f, "error {code}"),
+            known => write!(f, "{known:?} ({})", known.to_u16()),
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A wire message: one of the structs in this module, each with its kind.
+///
+/// Sealed: the set of messages is the protocol, and grows only here.
+pub trait Message: Archive + Sized + fmt::Debug + sealed::Sealed {
+    /// The kind of frame that carries this message.
+    const KIND: Kind;
+
+    #[doc(hidden)]
+    fn serialize_body(&self, out: &mut Vec<u8>);
+
+    #[doc(hidden)]
+    fn access_body(body: &[u8]) -> Result<&Self::Archived, rancor::Error>;
+
+    #[doc(hidden)]
+    fn deserialize_archived(archived: &Self::Archived) -> Result<Self, rancor::Error>;
+}
+
+macro_rules! message {
+    ($($ty:ident => $kind:expr),* $(,)?) => {$(
+        impl sealed::Sealed for $ty {}
+        impl Message for $ty {
+            const KIND: Kind = $kind;
+
+            fn serialize_body(&self, out: &mut Vec<u8>) {
+                serialize_body(self, out);
+            }
+
+            fn access_body(body: &[u8]) -> Result<&Self::Archived, rancor::Error> {
+                access_archived::<Self::Archived>(body)
+            }
+
+            fn deserialize_archived(archived: &Self::Archived) -> Result<Self, rancor::Error> {
+                rkyv::deserialize::<Self, rancor::Error>(archived)
+            }
+        }
+    )*};
+}
+
+message! {
+    GetRequest => Kind::GET,
+    PutRequest => Kind::PUT,
+    DeleteRequest => Kind::DELETE,
+    Ping => Kind::PING,
+    GetReply => Kind::GET_REPLY,
+    PutReply => Kind::PUT_REPLY,
+    DeleteReply => Kind::DELETE_REPLY,
+    Pong => Kind::PONG,
+    ErrorReply => Kind::ERROR,
+}
+
+/// The only function in holdfast that reads archived bytes: rkyv's checked
+/// access, which validates the whole archive (bounds, alignment, UTF-8,
+/// every relative pointer) before handing out a reference. Fuzzed by
+/// `net/fuzz/fuzz_targets/decode_frame.rs`.
+fn access_archived<T>(body: &[u8]) -> Result<&T, rancor::Error>
+where
+    T: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    // rkyv would refuse a misaligned archive too, but with a confusing
+    // error; a misaligned body is a bug in the caller, never in the peer.
+    // (An empty body has nothing to misread, and an empty buffer's pointer
+    // is not necessarily aligned.)
+    assert!(
+        body.is_empty() || body.as_ptr().addr().is_multiple_of(BODY_ALIGNMENT),
+        "message bodies must be {BODY_ALIGNMENT}-byte aligned (use a Frame or an AlignedVec)"
+    );
+    rkyv::access::<T, rancor::Error>(body)
+}
+
+/// An rkyv writer that appends to a buffer holding other frames and reports
+/// positions relative to the start of this body, so that the archive's
+/// alignment padding is computed for the body's own (aligned) start whatever
+/// precedes it in the buffer.
+struct BodyWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Positional for BodyWriter<'_> {
+    fn pos(&self) -> usize {
+        self.out.len() - self.start
+    }
+}
+
+impl<E> Writer<E> for BodyWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn serialize_body<'b, T>(value: &T, out: &'b mut Vec<u8>)
+where
+    T: for<'a> Serialize<HighSerializer<BodyWriter<'b>, ArenaHandle<'a>, rancor::Error>>,
+{
+    let start = out.len();
+    let writer = BodyWriter { out, start };
+    // Serializing plain structs fails only if an archive outgrows rkyv's
+    // 32-bit offsets, which the size limits rule out long before.
+    let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer)
+        .expect("a message within the size limits serializes");
+    debug_assert!(writer.out.len() >= start);
+}
+
+/// Validates `body` as an archived `M` and returns a reference into it.
+/// No version or kind check: that is [`Frame::access`]'s.
+///
+/// # Panics
+///
+/// If `body` does not start at a 16-byte-aligned address ([`Frame::body`]
+/// always does; otherwise copy into an [`rkyv::util::AlignedVec`]).
+pub fn access<M: Message>(body: &[u8]) -> Result<&M::Archived, MessageError> {
+    M::access_body(body)
+        .map_err(|error| MessageError::Invalid { kind: M::KIND, reason: error.to_string() })
+}
+
+/// Validates `body` as an archived `M` and copies it out.
+///
+/// # Panics
+///
+/// As [`access`].
+pub fn decode<M: Message>(body: &[u8]) -> Result<M, MessageError> {
+    let archived = access::<M>(body)?;
+    M::deserialize_archived(archived)
+        .map_err(|error| MessageError::Invalid { kind: M::KIND, reason: error.to_string() })
+}
+
+/// A whole frame carrying `message` under `request_id`.
+pub fn encode_message<M: Message>(request_id: u64, message: &M) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_message_into(&mut out, request_id, message);
+    out
+}
+
+/// Appends a whole frame carrying `message` to `out`, which may already hold
+/// other frames: many requests or replies coalesce into one buffer and go
+/// out in one write.
+///
+/// # Panics
+///
+/// If the message is larger than the protocol allows (see
+/// [`crate::limits`]); callers check sizes before building messages.
+pub fn encode_message_into<M: Message>(out: &mut Vec<u8>, request_id: u64, message: &M) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    message.serialize_body(out);
+    finish_frame(out, start, M::KIND, request_id);
+}
+
+/// Why a frame's body is not the message it should be. The connection stays
+/// usable: the receiver answers with [`MessageError::code`] and carries on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The frame is of a protocol version this build does not speak.
+    #[error("protocol version {version} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The frame's version.
+        version: u8,
+    },
+    /// The frame's kind is not one this receiver handles.
+    #[error("unknown or unexpected message kind {kind}")]
+    UnknownKind {
+        /// The frame's kind.
+        kind: Kind,
+    },
+    /// The frame is of another kind than the one asked for.
+    #[error("expected a {expected} frame, got {found}")]
+    KindMismatch {
+        /// The kind asked for.
+        expected: Kind,
+        /// The frame's kind.
+        found: Kind,
+    },
+    /// The body failed rkyv's validation (or its deserialization).
+    #[error("invalid {kind} body: {reason}")]
+    Invalid {
+        /// The kind the body was validated as.
+        kind: Kind,
+        /// rkyv's explanation.
+        reason: String,
+    },
+}
+
+impl MessageError {
+    /// The error code that answers a request refused for this reason.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MessageError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            MessageError::UnknownKind { .. } => ErrorCode::UnknownKind,
+            MessageError::KindMismatch { .. } | MessageError::Invalid { .. } => {
+                ErrorCode::BadRequest
+            }
+        }
+    }
+}
+
+impl Frame {
+    /// Checks the protocol version and the kind, then validates the body as
+    /// an archived `M`: the only way to read a field of a received message.
+    pub fn access<M: Message>(&self) -> Result<&M::Archived, MessageError> {
+        if self.version() != PROTOCOL_VERSION {
+            return Err(MessageError::UnsupportedVersion { version: self.version() });
+        }
+        if self.kind() != M::KIND {
+            return Err(MessageError::KindMismatch { expected: M::KIND, found: self.kind() });
+        }
+        access::<M>(self.body())
+    }
+
+    /// As [`access`](Self::access), then copies the message out.
+    pub fn decode<M: Message>(&self) -> Result<M, MessageError> {
+        let archived = self.access::<M>()?;
+        M::deserialize_archived(archived)
+            .map_err(|error| MessageError::Invalid { kind: M::KIND, reason: error.to_string() })
+    }
+}
+
+/// The size limits a node applies to client requests, at most the
+/// protocol's (the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// The longest key accepted.
+    pub key_bytes_max: usize,
+    /// The longest value accepted.
+    pub value_bytes_max: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> RequestLimits {
+        RequestLimits { key_bytes_max: KEY_BYTES_MAX, value_bytes_max: VALUE_BYTES_MAX }
+    }
+}
+
+/// A client request, validated and checked against the node's limits, its
+/// key and value borrowed from the frame (no copy) and its context decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// [`GetRequest`].
+    Get {
+        /// The key.
+        key: &'a [u8],
+        /// Replicas that must answer; 0 for the cluster's default.
+        r: u8,
+    },
+    /// [`PutRequest`].
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// The versions the write supersedes (empty for none).
+        context: VersionVector,
+        /// Replicas that must acknowledge; 0 for the cluster's default.
+        w: u8,
+    },
+    /// [`DeleteRequest`].
+    Delete {
+        /// The key.
+        key: &'a [u8],
+        /// The versions the delete supersedes (empty for none).
+        context: VersionVector,
+        /// Replicas that must acknowledge; 0 for the cluster's default.
+        w: u8,
+    },
+    /// [`Ping`].
+    Ping,
+}
+
+/// Why a node refuses a client's frame. Every variant is answered with an
+/// [`ErrorReply`] ([`RequestError::to_reply`]) under the frame's request id,
+/// and the connection stays open.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The frame's version, kind or body is wrong.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The key is longer than the node's limit.
+    #[error("key of {len} bytes, more than the limit of {max}")]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than the node's limit.
+    #[error("value of {len} bytes, more than the limit of {max}")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The context does not decode.
+    #[error("bad context: {0}")]
+    BadContext(#[from] ClockDecodeError),
+}
+
+impl RequestError {
+    /// The code that answers this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::Message(error) => error.code(),
+            RequestError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
+            RequestError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+            RequestError::BadContext(_) => ErrorCode::BadContext,
+        }
+    }
+
+    /// The reply that tells the client.
+    pub fn to_reply(&self) -> ErrorReply {
+        ErrorReply::new(self.code(), self.to_string())
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Validates a frame a client sent: protocol version, kind, the body
+    /// (rkyv's checked access), key and value lengths against `limits`, and
+    /// the context's encoding.
+    pub fn parse(frame: &'a Frame, limits: &RequestLimits) -> Result<Request<'a>, RequestError> {
+        if frame.version() != PROTOCOL_VERSION {
+            return Err(MessageError::UnsupportedVersion { version: frame.version() }.into());
+        }
+        let request = match frame.kind() {
+            Kind::GET => {
+                let get = frame.access::<GetRequest>()?;
+                Request::Get { key: check_key(&get.key, limits)?, r: get.r }
+            }
+            Kind::PUT => {
+                let put = frame.access::<PutRequest>()?;
+                let key = check_key(&put.key, limits)?;
+                let value = put.value.as_slice();
+                if value.len() > limits.value_bytes_max {
+                    return Err(RequestError::ValueTooLarge {
+                        len: value.len(),
+                        max: limits.value_bytes_max,
+                    });
+                }
+                Request::Put { key, value, context: decode_context(&put.context)?, w: put.w }
+            }
+            Kind::DELETE => {
+                let delete = frame.access::<DeleteRequest>()?;
+                let key = check_key(&delete.key, limits)?;
+                Request::Delete { key, context: decode_context(&delete.context)?, w: delete.w }
+            }
+            Kind::PING => {
+                frame.access::<Ping>()?;
+                Request::Ping
+            }
+            kind => return Err(MessageError::UnknownKind { kind }.into()),
+        };
+        Ok(request)
+    }
+
+    /// The kind of frame this request came in.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::Get { .. } => Kind::GET,
+            Request::Put { .. } => Kind::PUT,
+            Request::Delete { .. } => Kind::DELETE,
+            Request::Ping => Kind::PING,
+        }
+    }
+}
+
+fn check_key<'a>(key: &'a [u8], limits: &RequestLimits) -> Result<&'a [u8], RequestError> {
+    if key.len() > limits.key_bytes_max {
+        return Err(RequestError::KeyTooLarge { len: key.len(), max: limits.key_bytes_max });
+    }
+    Ok(key)
+}
+
+/// An empty context means "none": the empty version vector.
+fn decode_context(bytes: &[u8]) -> Result<VersionVector, ClockDecodeError> {
+    if bytes.is_empty() { Ok(VersionVector::new()) } else { VersionVector::decode(bytes) }
+}
+
+/// Any reply a client can receive, copied out of its frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// [`GetReply`].
+    Get(GetReply),
+    /// [`PutReply`].
+    Put(PutReply),
+    /// [`DeleteReply`].
+    Delete(DeleteReply),
+    /// [`Pong`].
+    Pong(Pong),
+    /// [`ErrorReply`].
+    Error(ErrorReply),
+}
+
+impl Reply {
+    /// Validates and copies out a reply frame of any known reply kind.
+    pub fn decode(frame: &Frame) -> Result<Reply, MessageError> {
+        if frame.version() != PROTOCOL_VERSION {
+            return Err(MessageError::UnsupportedVersion { version: frame.version() });
+        }
+        Ok(match frame.kind() {
+            Kind::GET_REPLY => Reply::Get(frame.decode()?),
+            Kind::PUT_REPLY => Reply::Put(frame.decode()?),
+            Kind::DELETE_REPLY => Reply::Delete(frame.decode()?),
+            Kind::PONG => Reply::Pong(frame.decode()?),
+            Kind::ERROR => Reply::Error(frame.decode()?),
+            kind => return Err(MessageError::UnknownKind { kind }),
+        })
+    }
+
+    /// The kind of frame this reply came in.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Reply::Get(_) => Kind::GET_REPLY,
+            Reply::Put(_) => Kind::PUT_REPLY,
+            Reply::Delete(_) => Kind::DELETE_REPLY,
+            Reply::Pong(_) => Kind::PONG,
+            Reply::Error(_) => Kind::ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::FRAME_BYTES_MAX_DEFAULT;
+
+    fn frame(bytes: &[u8]) -> Frame {
+        Frame::from_bytes(bytes, FRAME_BYTES_MAX_DEFAULT).expect("an encoded frame decodes")
+    }
+
+    #[test]
+    fn empty_messages_round_trip() {
+        let ping = frame(&encode_message(9, &Ping {}));
+        assert_eq!(ping.kind(), Kind::PING);
+        assert_eq!(ping.decode::<Ping>(), Ok(Ping {}));
+        assert_eq!(frame(&encode_message(9, &Pong {})).decode::<Pong>(), Ok(Pong {}));
+    }
+
+    #[test]
+    fn error_codes_round_trip_through_their_wire_values() {
+        for code in 0..=u16::MAX {
+            assert_eq!(ErrorCode::from_u16(code).to_u16(), code);
+        }
+        assert!(ErrorCode::Overloaded.is_transient());
+        assert!(!ErrorCode::BadRequest.is_transient());
+        assert!(ErrorCode::Unrecognized(150).is_transient());
+    }
+
+    #[test]
+    fn error_messages_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(ERROR_MESSAGE_BYTES_MAX);
+        let reply = ErrorReply::new(ErrorCode::Internal, long);
+        assert_eq!(reply.message.len(), ERROR_MESSAGE_BYTES_MAX);
+        assert_eq!(reply.error_code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn frames_coalesced_in_one_buffer_keep_aligned_bodies() {
+        // A one-byte key makes the first frame's length odd, so the second
+        // body starts misaligned within `out`; its archive must not care.
+        let mut out = Vec::new();
+        encode_message_into(&mut out, 1, &GetRequest { key: vec![1], r: 0 });
+        encode_message_into(&mut out, 2, &GetReply { values: vec![vec![7; 3]], context: vec![] });
+        let mut decoder = crate::frame::FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT);
+        let first = decoder.decode(&out).expect("valid");
+        let second = decoder.decode(&out[first.consumed..]).expect("valid");
+        assert_eq!(
+            first.frame.expect("whole").decode::<GetRequest>(),
+            Ok(GetRequest { key: vec![1], r: 0 })
+        );
+        assert_eq!(
+            second.frame.expect("whole").decode::<GetReply>(),
+            Ok(GetReply { values: vec![vec![7; 3]], context: vec![] })
+        );
+    }
+
+    #[test]
+    fn access_checks_version_and_kind_before_the_body() {
+        let get = frame(&encode_message(3, &GetRequest { key: b"k".to_vec(), r: 2 }));
+        assert_eq!(
+            get.access::<PutRequest>().map(|_| ()),
+            Err(MessageError::KindMismatch { expected: Kind::PUT, found: Kind::GET })
+        );
+        let archived = get.access::<GetRequest>().expect("valid");
+        assert_eq!(archived.key.as_slice(), b"k");
+        assert_eq!(archived.r, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "aligned")]
+    fn a_misaligned_body_is_a_caller_bug() {
+        let mut bytes = rkyv::util::AlignedVec::<16>::new();
+        bytes.extend_from_slice(&[0; 17]);
+        let _ = access::<Ping>(&bytes[1..]);
+    }
+}
