@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use holdfast_net::client::{Client, ClientOptions};
-use holdfast_net::frame::{Frame, Kind, encode_frame};
+use holdfast_net::frame::{Frame, Header, Kind, encode_frame};
 use holdfast_net::message::{ErrorCode, ErrorReply};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -170,11 +170,15 @@ fn hostile_bytes_close_only_their_own_connection() {
                 flipped
             }
             // A header announcing a body far over the limit.
-            _ => {
-                let mut huge = encode_frame(Kind::PUT, 9, &[]);
-                huge[16..20].copy_from_slice(&(1u32 << 30).to_le_bytes());
-                huge
+            _ => Header {
+                version: 1,
+                kind: Kind::PUT,
+                request_id: 9,
+                body_len: 1 << 30,
+                body_checksum: 0,
             }
+            .encode()
+            .to_vec(),
         };
         let mut stream = TcpStream::connect(node.addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
