@@ -39,13 +39,16 @@ pub enum ReplicaError {
     Clock(#[from] holdfast_net::siblings::WriteError),
 }
 
+/// The write latches of the keys being written, by `(partition, key)`.
+type Latches = RefCell<AHashMap<(u32, Box<[u8]>), Arc<Mutex<()>>>>;
+
 /// The keys of one shard's store, as sibling sets.
 #[derive(Debug)]
 pub struct Replica<D: Disk> {
     store: Store<D>,
     actor: Actor,
     limits: DecodeLimits,
-    latches: RefCell<AHashMap<(u32, Box<[u8]>), Arc<Mutex<()>>>>,
+    latches: Latches,
 }
 
 impl<D: Disk> Replica<D> {
@@ -111,7 +114,7 @@ impl<D: Disk> Replica<D> {
 /// Held while a key is being written; forgets the key's latch when the last
 /// writer waiting for it is done, so the map holds only keys in use.
 struct Latch<'a> {
-    latches: &'a RefCell<AHashMap<(u32, Box<[u8]>), Arc<Mutex<()>>>>,
+    latches: &'a Latches,
     key: (u32, Box<[u8]>),
     guard: Option<OwnedMutexGuard<()>>,
 }

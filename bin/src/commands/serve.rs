@@ -1,8 +1,8 @@
 //! `holdfast serve`: runs one node until SIGTERM or SIGINT.
 //!
 //! Settings come from `--config FILE` (TOML) and then the command line,
-//! which wins. A sample file with every setting is `holdfast.toml` at the
-//! top of the repository.
+//! which wins. A sample file with every setting is `bin/deploy/holdfast.toml`
+//! (with a systemd unit beside it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,4 +99,31 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
     let report = server::run(options, shutdown).context("serving")?;
     tracing::info!(requests = report.requests, "node stopped");
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses_and_flags_override_it() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/holdfast.toml");
+        let args = ServeArgs {
+            config: Some(sample.into()),
+            data_dir: None,
+            listen: None,
+            shards: Some(3),
+            fsync: None,
+        };
+        let options = options(&args).unwrap();
+        assert_eq!(options.data_dir, PathBuf::from("/var/lib/holdfast"));
+        assert_eq!(options.shards, 3, "the flag wins");
+        assert_eq!(options.store.sync, SyncPolicy::Always);
+        assert_eq!(options.partitions, 1024);
+    }
+
+    #[test]
+    fn a_misspelled_setting_is_refused() {
+        assert!(toml::from_str::<ConfigFile>("shard = 2").is_err());
+    }
 }

@@ -1224,10 +1224,8 @@ struct ChosenGuard<'a, D: Disk> {
 
 impl<D: Disk> Drop for ChosenGuard<'_, D> {
     fn drop(&mut self) {
-        if let Some(mut chosen) = self.chosen.take() {
-            if let Ok(Some(())) = chosen.try_recv() {
-                hand_off_lead(&mut self.store.inner.borrow_mut());
-            }
+        if let Some(Ok(Some(()))) = self.chosen.as_mut().map(oneshot::Receiver::try_recv) {
+            hand_off_lead(&mut self.store.inner.borrow_mut());
         }
     }
 }
