@@ -62,12 +62,11 @@ pub fn load_or_create(dir: &Path, new_node_id: u64, bump: bool) -> Result<Identi
             if !bump {
                 return Ok(existing);
             }
-            let incarnation = existing.incarnation.checked_add(1).ok_or_else(|| {
-                IdentityError::Damaged {
+            let incarnation =
+                existing.incarnation.checked_add(1).ok_or_else(|| IdentityError::Damaged {
                     path: path.display().to_string(),
                     detail: "incarnation exhausted".into(),
-                }
-            })?;
+                })?;
             Identity { incarnation, ..existing }
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -80,15 +79,13 @@ pub fn load_or_create(dir: &Path, new_node_id: u64, bump: bool) -> Result<Identi
 }
 
 fn render(identity: Identity) -> String {
-    let body = format!("{HEADER}\nid {:016x}\nincarnation {}\n", identity.node, identity.incarnation);
+    let body =
+        format!("{HEADER}\nid {:016x}\nincarnation {}\n", identity.node, identity.incarnation);
     format!("{body}checksum {:08x}\n", crc32c::crc32c(body.as_bytes()))
 }
 
 fn parse(text: &str) -> Result<Identity, String> {
-    let (body, checksum_line) = text
-        .trim_end_matches('\n')
-        .rsplit_once('\n')
-        .ok_or("too short")?;
+    let (body, checksum_line) = text.trim_end_matches('\n').rsplit_once('\n').ok_or("too short")?;
     let body = format!("{body}\n");
     let checksum = checksum_line.strip_prefix("checksum ").ok_or("no checksum line")?;
     if u32::from_str_radix(checksum, 16).ok() != Some(crc32c::crc32c(body.as_bytes())) {

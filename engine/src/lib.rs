@@ -43,8 +43,8 @@
 //! ```
 
 pub mod disk;
-pub mod store;
-pub mod partition;
 pub mod identity;
+pub mod partition;
 pub mod replica;
 pub mod server;
+pub mod store;

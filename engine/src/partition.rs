@@ -89,7 +89,8 @@ mod tests {
     #[test]
     fn every_partition_has_exactly_one_shard() {
         let partitioner = Partitioner::new(64, 3).unwrap();
-        let mut owned: Vec<u32> = (0..3).flat_map(|shard| partitioner.partitions_of(shard)).collect();
+        let mut owned: Vec<u32> =
+            (0..3).flat_map(|shard| partitioner.partitions_of(shard)).collect();
         owned.sort_unstable();
         assert_eq!(owned, (0..64).collect::<Vec<_>>());
         for shard in 0..3 {

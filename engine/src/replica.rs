@@ -10,8 +10,8 @@
 //! and lose one another's version. Different keys never wait for each
 //! other, and reads take no latch: they see the last durable set.
 
-use std::collections::hash_map::Entry;
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use ahash::AHashMap;
@@ -185,7 +185,8 @@ mod tests {
             replica.write(0, b"k", &empty, Some(b"b".to_vec())).await.unwrap();
             let read = replica.read(0, b"k").await.unwrap();
             assert_eq!(read.values().count(), 2);
-            let after = replica.write(0, b"k", &read.context(), Some(b"ab".to_vec())).await.unwrap();
+            let after =
+                replica.write(0, b"k", &read.context(), Some(b"ab".to_vec())).await.unwrap();
             assert_eq!(after.values().collect::<Vec<_>>(), [b"ab".as_slice()]);
             let deleted = replica.write(0, b"k", &after.context(), None).await.unwrap();
             assert!(deleted.is_tombstone_only());

@@ -26,6 +26,8 @@ fn options() -> StoreOptions {
         segment_bytes_max: 16 << 10,
         sync: SyncPolicy::Always,
         compaction_dead_ratio: 0.5,
+        // Small, so that reads come from the cache and from the disk alike.
+        cache_bytes_max: 8 << 10,
     }
 }
 
@@ -691,4 +693,25 @@ fn under_steady_load_no_write_waits_more_than_two_batches() {
     // write's outcome and its task's next turn on the executor, so it is
     // not exactly 2; the leader that flushed for everyone reached 24 here.
     assert!(worst.get() <= 12, "a write waited through {} batches", worst.get());
+}
+
+#[test]
+fn hot_values_are_read_from_memory_and_never_stale() {
+    let disk = disk(17);
+    let store = open(&disk);
+    block_on(store.put(1, b"hot", b"one")).unwrap();
+    block_on(store.put(1, b"hot", b"two")).unwrap();
+    assert_eq!(read_state(&store, &(1, b"hot".to_vec())).unwrap(), Some(b"two".to_vec()));
+    assert_eq!(store.stats().cache_hits, 1);
+    block_on(store.remove(1, b"hot")).unwrap();
+    assert_eq!(read_state(&store, &(1, b"hot".to_vec())).unwrap(), None);
+    block_on(store.put(1, b"hot", b"three")).unwrap();
+    drop(store);
+    // A restart starts cold: the first read goes to the disk, the next one
+    // to memory.
+    let store = open(&disk);
+    for _ in 0..2 {
+        assert_eq!(read_state(&store, &(1, b"hot".to_vec())).unwrap(), Some(b"three".to_vec()));
+    }
+    assert_eq!(store.stats().cache_hits, 1);
 }

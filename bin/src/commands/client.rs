@@ -79,7 +79,8 @@ pub fn get(args: GetArgs) -> Result<Outcome> {
     let siblings: Vec<String> =
         result.values.iter().map(|value| String::from_utf8_lossy(value).into_owned()).collect();
     if args.json {
-        let json = serde_json::json!({ "siblings": siblings, "context": show_context(&result.context) });
+        let json =
+            serde_json::json!({ "siblings": siblings, "context": show_context(&result.context) });
         println!("{json}");
     } else {
         if siblings.is_empty() {

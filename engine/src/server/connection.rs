@@ -79,6 +79,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             input = &input[decoded.consumed..];
             let Some(frame) = decoded.frame else { continue };
+            shard.requests.set(shard.requests.get() + 1);
             in_flight.set(in_flight.get() + 1);
             shard.in_flight.set(shard.in_flight.get() + 1);
             let (shard, replies, in_flight) = (shard.clone(), replies.clone(), in_flight.clone());

@@ -169,8 +169,7 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
         .iter()
         .any(|report| report.torn_tails_truncated > 0 || report.corrupt_records_skipped > 0);
     let bump = !fresh && (lost_something || options.store.sync != SyncPolicy::Always);
-    let identity =
-        crate::identity::load_or_create(&options.data_dir, rand::random::<u64>(), bump)?;
+    let identity = crate::identity::load_or_create(&options.data_dir, rand::random::<u64>(), bump)?;
     tracing::info!(
         node = format_args!("{:016x}", identity.node),
         incarnation = identity.incarnation,
@@ -189,7 +188,8 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
             Ok(Ok(requests)) => report.requests += requests,
             Ok(Err(message)) => failure = Some(ServerError::Shard { shard: shard as u32, message }),
             Err(error) => {
-                failure = Some(ServerError::Shard { shard: shard as u32, message: error.to_string() })
+                failure =
+                    Some(ServerError::Shard { shard: shard as u32, message: error.to_string() })
             }
         }
     }

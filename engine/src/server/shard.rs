@@ -32,7 +32,7 @@ use crate::store::{RecoveryReport, Store, SyncPolicy, WriteError};
 /// the wire.
 #[derive(Debug)]
 pub(crate) enum Forward {
-    Request { origin: u32, token: u64, frame: Vec<u8> },
+    Request { origin: u32, token: u64, frame: holdfast_net::frame::AlignedVec },
     Reply { token: u64, frame: Vec<u8> },
 }
 
@@ -57,6 +57,7 @@ pub(crate) struct Shard {
     /// Requests forwarded to other shards, by token, awaiting replies.
     forwarded: RefCell<AHashMap<u64, oneshot::Sender<Vec<u8>>>>,
     next_token: Cell<u64>,
+    /// Requests received from clients on this shard's connections.
     pub requests: Cell<u64>,
     /// Requests being handled (for a graceful shutdown).
     pub in_flight: Cell<u64>,
@@ -203,7 +204,6 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
 impl Shard {
     /// Handles one request frame and returns its reply frame.
     pub async fn handle(self: &Rc<Self>, frame: Frame) -> Vec<u8> {
-        self.requests.set(self.requests.get() + 1);
         let request_id = frame.request_id();
         let store = self.replica.store().options();
         let limits = RequestLimits {
@@ -217,14 +217,16 @@ impl Shard {
             }
         };
         let key = match &request {
-            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => *key,
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+                *key
+            }
             Request::Ping => return wire::pong(request_id),
         };
         let partition = self.partitioner.partition_of(key);
         let owner = self.partitioner.shard_of(partition);
         if owner != self.id {
             drop(request);
-            return self.forward(owner, frame.as_bytes().to_vec(), request_id).await;
+            return self.forward(owner, frame.into_bytes(), request_id).await;
         }
         let outcome = match request {
             Request::Get { key, .. } => {
@@ -247,7 +249,12 @@ impl Shard {
 
     /// Sends a request frame to the shard that owns its key and waits for
     /// the reply frame.
-    async fn forward(&self, owner: u32, frame: Vec<u8>, request_id: u64) -> Vec<u8> {
+    async fn forward(
+        &self,
+        owner: u32,
+        frame: holdfast_net::frame::AlignedVec,
+        request_id: u64,
+    ) -> Vec<u8> {
         let Some(peers) = &self.peers else {
             unreachable!("a single shard owns every partition");
         };
@@ -271,14 +278,18 @@ impl Shard {
             Forward::Request { origin, token, frame } => {
                 self.in_flight.set(self.in_flight.get() + 1);
                 glommio::spawn_local(async move {
-                    // The frame was checked where it arrived; decoding it again
-                    // puts it in an aligned buffer for rkyv and costs a copy.
-                    let reply = match Frame::from_bytes(&frame, self.options.frame_bytes_max) {
+                    // The frame was checked where it arrived; it is checked
+                    // again here (cheaply, without a copy) because this shard
+                    // trusts nothing it did not check itself.
+                    let reply = match Frame::from_aligned_bytes(frame, self.options.frame_bytes_max)
+                    {
                         Ok(frame) => self.handle(frame).await,
                         Err(error) => wire::error(0, ErrorCode::Internal, &error.to_string()),
                     };
                     if let Some(peers) = &self.peers {
-                        let _ = peers.send_to(origin as usize, Forward::Reply { token, frame: reply }).await;
+                        let _ = peers
+                            .send_to(origin as usize, Forward::Reply { token, frame: reply })
+                            .await;
                     }
                     self.in_flight.set(self.in_flight.get() - 1);
                 })

@@ -168,6 +168,8 @@ pub struct StoreStats {
     pub segments_created: u64,
     pub compactions: u64,
     pub corrupt_reads: u64,
+    /// Reads answered from the value cache.
+    pub cache_hits: u64,
 }
 
 /// A summary of the store's space, for operators.
@@ -218,6 +220,7 @@ struct Inner<F> {
     next_seq: u64,
     next_segment_id: u64,
     stats: StoreStats,
+    cache: Cache,
 }
 
 #[derive(Debug)]
@@ -264,6 +267,7 @@ struct Pending {
     value: Vec<u8>,
     kind: RecordKind,
     seq: u64,
+    value_len: u32,
     done: oneshot::Sender<Result<u64, WriteError>>,
     /// Fired to make this write's task lead the next batch.
     lead: Option<oneshot::Sender<()>>,
@@ -279,6 +283,7 @@ impl<D: Disk> Store<D> {
         let alignment = disk.alignment();
         options.validate(alignment).map_err(OpenError::Options)?;
         let store = Store { disk, options, alignment, inner: RefCell::new(placeholder_inner()) };
+        store.inner.borrow_mut().cache.bytes_max = store.options.cache_bytes_max;
         let report = store.recover().await?;
         Ok((store, report))
     }
@@ -312,6 +317,7 @@ impl<D: Disk> Store<D> {
             next_segment_id: highest_id + 1,
             ..std::mem::replace(&mut *self.inner.borrow_mut(), placeholder_inner())
         };
+        inner.cache.bytes_max = self.options.cache_bytes_max;
         for &id in &segment_ids {
             let name = segment::file_name(id);
             let file = self.disk.open(&name).await.map_err(io("open", &name))?;
@@ -494,6 +500,7 @@ impl<D: Disk> Store<D> {
                 value: value.to_vec(),
                 kind,
                 seq,
+                value_len: value.len() as u32,
                 done,
                 lead: Some(lead),
             });
@@ -597,12 +604,21 @@ impl<D: Disk> Store<D> {
             writer.end = end;
             writer.tail = new_tail;
             for (offset, pending) in chunk {
+                match pending.kind {
+                    RecordKind::Put => inner.cache.insert(
+                        pending.partition,
+                        &pending.key,
+                        pending.seq,
+                        pending.value.into(),
+                    ),
+                    RecordKind::Remove => inner.cache.remove(pending.partition, &pending.key),
+                }
                 let scanned = ScannedRecord {
                     offset,
                     partition: pending.partition,
                     seq: pending.seq,
                     kind: pending.kind,
-                    value_len: pending.value.len() as u32,
+                    value_len: pending.value_len,
                     key: pending.key,
                 };
                 inner.add_record(segment_id, scanned);
@@ -758,6 +774,11 @@ impl<D: Disk> Store<D> {
             inner.stats.gets += 1;
             match inner.index.get(partition, key) {
                 Some(&at) if at.kind == RecordKind::Put => {
+                    if let Some(value) = inner.cache.get(partition, key, at.seq).map(<[u8]>::to_vec)
+                    {
+                        inner.stats.cache_hits += 1;
+                        return Ok(Some(value));
+                    }
                     let segment = inner.segments.get(&at.segment).expect("indexed segment exists");
                     (at, segment.file.clone())
                 }
@@ -769,7 +790,14 @@ impl<D: Disk> Store<D> {
             Decoded::Record { header, key: found, value }
                 if header.seq == at.seq && header.partition == partition && found == key =>
             {
-                return Ok(Some(value.to_vec()));
+                let value = value.to_vec();
+                self.inner.borrow_mut().cache.insert(
+                    partition,
+                    key,
+                    at.seq,
+                    value.as_slice().into(),
+                );
+                return Ok(Some(value));
             }
             Decoded::Record { header, .. } => {
                 format!("found seq {} of partition {} instead", header.seq, header.partition)
@@ -1132,6 +1160,69 @@ impl<F> Inner<F> {
     }
 }
 
+/// Recently written and read values, so that a hot key is read from memory.
+///
+/// An entry is keyed by the record's sequence number too, and used only if
+/// the index still points at that record, so it can never serve a value
+/// that was overwritten, removed, or replaced by recovery. Eviction picks
+/// whichever entries the map yields first: close to random, which needs no
+/// bookkeeping on the read path and keeps no key hot by accident.
+#[derive(Debug, Default)]
+struct Cache {
+    partitions: ahash::AHashMap<u32, ahash::AHashMap<Box<[u8]>, (u64, Box<[u8]>)>>,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+/// What an entry costs beyond its key and value bytes.
+const CACHE_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+impl Cache {
+    /// The value of the record `seq` of the key, if cached.
+    fn get(&self, partition: u32, key: &[u8], seq: u64) -> Option<&[u8]> {
+        match self.partitions.get(&partition)?.get(key)? {
+            (cached, value) if *cached == seq => Some(value),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, partition: u32, key: &[u8], seq: u64, value: Box<[u8]>) {
+        let cost = key.len() + value.len() + CACHE_ENTRY_OVERHEAD_BYTES;
+        if cost > self.bytes_max / 8 {
+            // One value may not crowd out much of the cache.
+            self.remove(partition, key);
+            return;
+        }
+        while self.bytes + cost > self.bytes_max {
+            if !self.evict_one() {
+                break;
+            }
+        }
+        let keys = self.partitions.entry(partition).or_default();
+        if let Some((_, old)) = keys.insert(key.into(), (seq, value)) {
+            self.bytes -= key.len() + old.len() + CACHE_ENTRY_OVERHEAD_BYTES;
+        }
+        self.bytes += cost;
+    }
+
+    fn remove(&mut self, partition: u32, key: &[u8]) {
+        let Some(keys) = self.partitions.get_mut(&partition) else { return };
+        if let Some((_, old)) = keys.remove(key) {
+            self.bytes -= key.len() + old.len() + CACHE_ENTRY_OVERHEAD_BYTES;
+        }
+        if keys.is_empty() {
+            self.partitions.remove(&partition);
+        }
+    }
+
+    fn evict_one(&mut self) -> bool {
+        let Some((&partition, keys)) = self.partitions.iter_mut().next() else { return false };
+        let Some(key) = keys.keys().next().cloned() else { return false };
+        self.remove(partition, &key);
+        true
+    }
+}
+
 fn location(segment: u64, record: &ScannedRecord) -> Location {
     Location {
         segment,
@@ -1158,6 +1249,7 @@ fn placeholder_inner<F>() -> Inner<F> {
         next_seq: 1,
         next_segment_id: 1,
         stats: StoreStats::default(),
+        cache: Cache::default(),
     }
 }
 

@@ -70,6 +70,9 @@ pub struct StoreOptions {
     /// Compaction rewrites a sealed segment once at least this fraction of
     /// its record bytes is dead (default 0.5).
     pub compaction_dead_ratio: f64,
+    /// Memory for recently written and read values (default 64 MiB; 0
+    /// turns the cache off).
+    pub cache_bytes_max: usize,
 }
 
 impl Default for StoreOptions {
@@ -80,6 +83,7 @@ impl Default for StoreOptions {
             segment_bytes_max: 64 << 20,
             sync: SyncPolicy::Always,
             compaction_dead_ratio: 0.5,
+            cache_bytes_max: 64 << 20,
         }
     }
 }
