@@ -1169,10 +1169,13 @@ impl<F> Inner<F> {
 /// bookkeeping on the read path and keeps no key hot by accident.
 #[derive(Debug, Default)]
 struct Cache {
-    partitions: ahash::AHashMap<u32, ahash::AHashMap<Box<[u8]>, (u64, Box<[u8]>)>>,
+    partitions: ahash::AHashMap<u32, CachedKeys>,
     bytes: usize,
     bytes_max: usize,
 }
+
+/// One partition's cached values: key to (record seq, value).
+type CachedKeys = ahash::AHashMap<Box<[u8]>, (u64, Box<[u8]>)>;
 
 /// What an entry costs beyond its key and value bytes.
 const CACHE_ENTRY_OVERHEAD_BYTES: usize = 64;
