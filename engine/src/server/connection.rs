@@ -1,18 +1,22 @@
 //! One client connection: a reader, a task per request, and a writer.
 //!
 //! The reader decodes frames as bytes arrive (a frame over the limit is
-//! refused from its header, before its body is read) and starts a task per
-//! request, up to `connection_in_flight_max` at once; past that it stops
-//! reading, which pushes back on the client through TCP. Each request's
-//! reply is queued as it completes, in whatever order that is (replies
-//! carry their request id). The writer takes everything queued and sends
-//! it in one `write`, so a pipelining client gets its replies coalesced.
+//! refused from its header, before its body is read) and handles each
+//! request at once; a request that completes without waiting (a read of a
+//! cached value) is answered into a buffer shared by everything that read
+//! brought in, and one that must wait gets a task of its own, up to
+//! `connection_in_flight_max` at once; past that the reader stops reading,
+//! which pushes back on the client through TCP. Replies are queued as they
+//! complete, in whatever order that is (they carry their request id). The
+//! writer takes everything queued and sends it in one `write`, so a
+//! pipelining client gets its replies coalesced.
 //!
 //! A frame that fails its checks gets an error reply (when its header was
 //! sound enough to name a request id) and the connection is closed: after
 //! a bad frame, nothing later on the stream can be trusted to be aligned.
 
 use std::rc::Rc;
+use std::task::Poll;
 
 use futures::channel::mpsc;
 use futures::future::{Either, select};
@@ -53,6 +57,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut buffer = vec![0; READ_BUFFER_BYTES];
     let in_flight = Rc::new(std::cell::Cell::new(0usize));
     let limit = shard.options.connection_in_flight_max;
+    let mut ready = Vec::new();
     'reading: loop {
         // Back-pressure: past the limit, stop reading until replies drain.
         while in_flight.get() >= limit {
@@ -80,16 +85,28 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             input = &input[decoded.consumed..];
             let Some(frame) = decoded.frame else { continue };
             shard.requests.set(shard.requests.get() + 1);
+            // Most reads complete without waiting (their value is cached):
+            // answer those here, into one buffer for the whole read, and
+            // give a task only to requests that must wait (for the disk,
+            // a group commit, another shard).
+            let mut handling = Box::pin(shard.clone().handle_owned(frame));
+            if let Poll::Ready(reply) = futures::poll!(handling.as_mut()) {
+                ready.extend_from_slice(&reply);
+                continue;
+            }
             in_flight.set(in_flight.get() + 1);
             shard.in_flight.set(shard.in_flight.get() + 1);
             let (shard, replies, in_flight) = (shard.clone(), replies.clone(), in_flight.clone());
             glommio::spawn_local(async move {
-                let reply = shard.handle(frame).await;
+                let reply = handling.await;
                 let _ = replies.unbounded_send(reply);
                 in_flight.set(in_flight.get() - 1);
                 shard.in_flight.set(shard.in_flight.get() - 1);
             })
             .detach();
+        }
+        if !ready.is_empty() {
+            let _ = replies.unbounded_send(std::mem::take(&mut ready));
         }
     }
     // Let the requests still running answer before the writer stops.

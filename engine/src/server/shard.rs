@@ -202,6 +202,12 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
 }
 
 impl Shard {
+    /// [`Shard::handle`], owning its shard, for a future that outlives the
+    /// caller's borrow (it may move into a task of its own).
+    pub async fn handle_owned(self: Rc<Self>, frame: Frame) -> Vec<u8> {
+        self.handle(frame).await
+    }
+
     /// Handles one request frame and returns its reply frame.
     pub async fn handle(self: &Rc<Self>, frame: Frame) -> Vec<u8> {
         let request_id = frame.request_id();
