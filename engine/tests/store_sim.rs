@@ -207,6 +207,14 @@ fn concurrent_writes_crashing(
             })
             .expect("spawn");
     }
+    // Background upkeep runs beside the writes: it seals full segments,
+    // makes the next one ahead of time and writes index files.
+    let upkeep = store.clone();
+    pool.spawner()
+        .spawn_local(async move {
+            let _ = upkeep.maintain().await;
+        })
+        .expect("spawn");
     for _ in 0..count {
         let key = random_key(rng);
         *serial += 1;
@@ -443,7 +451,11 @@ fn a_failed_fdatasync_poisons_writes_until_reopen_and_loses_nothing_acknowledged
                     Err(error) => panic!("unexpected {error}"),
                 }
             }
-            assert_eq!(store.is_poisoned(), poisoned);
+            // A write that saw the failure means the store is poisoned; the
+            // store may also have been poisoned by background upkeep (a
+            // failed sync of a new segment) with no write there to see it.
+            assert!(store.is_poisoned() || !poisoned);
+            poisoned = store.is_poisoned();
         }
         disk.set_faults(SimFaults::default());
         disk.crash();

@@ -78,7 +78,7 @@ impl ServerOptions {
             frame_bytes_max: holdfast_net::limits::FRAME_BYTES_MAX_DEFAULT,
             connection_in_flight_max: 1024,
             pin: true,
-            maintenance_interval: Duration::from_secs(1),
+            maintenance_interval: Duration::from_millis(100),
         }
     }
 }

@@ -206,6 +206,12 @@ struct Inner<F> {
     segments: BTreeMap<u64, Segment<F>>,
     /// The segment being appended to, if any.
     writer: Option<Writer<F>>,
+    /// Full segments not yet sealed (truncated and synced): sealing waits
+    /// for background upkeep, so that no write waits for it.
+    unsealed: Vec<Writer<F>>,
+    /// An empty segment made ahead of time by background upkeep, so that
+    /// moving to a new segment costs a write nothing.
+    spare: Option<(u64, F)>,
     queue: Vec<Pending>,
     flushing: bool,
     compacting: bool,
@@ -545,6 +551,12 @@ impl<D: Disk> Store<D> {
     async fn flush(&self, batch: Vec<Pending>) {
         let mut batch = batch.into_iter().peekable();
         while batch.peek().is_some() {
+            // Writes queued before a failed sync are failed with it: after
+            // the failure nothing more is acknowledged until a reopen.
+            if self.inner.borrow().poisoned {
+                fail_all(batch, &WriteError::Poisoned);
+                return;
+            }
             if let Err(error) = self.ensure_writer().await {
                 fail_all(batch, &error);
                 return;
@@ -576,18 +588,23 @@ impl<D: Disk> Store<D> {
                 chunk.push((offset, pending));
             }
             if chunk.is_empty() {
-                // The segment is full: seal it and go on in a new one.
-                if let Err(error) = self.seal_writer().await {
-                    fail_all(batch, &error);
-                    return;
-                }
+                // The segment is full: go on in a new one, and leave sealing
+                // this one to background upkeep.
+                let mut inner = self.inner.borrow_mut();
+                let full = inner.writer.take().expect("the writer was just used");
+                inner.unsealed.push(full);
                 continue;
             }
             let end = block_start + buffer.len() as u64;
             let new_tail =
                 buffer[(align_down(end, self.alignment) - block_start) as usize..].to_vec();
             buffer.resize(buffer.len().next_multiple_of(self.alignment), 0);
-            let outcome = self.write_and_sync(&file, block_start, &buffer).await;
+            let mut outcome = self.write_and_sync(&file, block_start, &buffer).await;
+            if outcome.is_ok() && self.inner.borrow().poisoned {
+                // A sync failed elsewhere while this batch was in flight.
+                self.abandon_writer();
+                outcome = Err(WriteError::Poisoned);
+            }
             let mut inner = self.inner.borrow_mut();
             inner.stats.batches += 1;
             if let Err(error) = outcome {
@@ -646,7 +663,10 @@ impl<D: Disk> Store<D> {
             return Ok(());
         }
         self.inner.borrow_mut().stats.syncs += 1;
-        file.sync_data().await.map_err(|error| self.poison(error))
+        file.sync_data().await.map_err(|error| {
+            self.abandon_writer();
+            self.poison(error)
+        })
     }
 
     /// Stops appending to the current segment after a failed write: what
@@ -662,10 +682,12 @@ impl<D: Disk> Store<D> {
         }
     }
 
-    /// Poisons the store after a failed `fdatasync`.
+    /// Poisons the store after a failed `fdatasync`. Whatever write is in
+    /// flight then is failed by its leader when it completes (see `flush`):
+    /// the failed sync may have been of the same file, and a later sync of
+    /// it can report success for data the kernel already dropped.
     fn poison(&self, error: std::io::Error) -> WriteError {
         tracing::error!(%error, "fdatasync failed; refusing writes until the store is reopened");
-        self.abandon_writer();
         self.inner.borrow_mut().poisoned = true;
         WriteError::SyncFailed(Arc::new(error))
     }
@@ -675,7 +697,11 @@ impl<D: Disk> Store<D> {
         if self.inner.borrow().writer.is_some() {
             return Ok(());
         }
-        let (segment, file) = self.create_segment().await?;
+        let spare = self.inner.borrow_mut().spare.take();
+        let (segment, file) = match spare {
+            Some(spare) => spare,
+            None => self.create_segment().await?,
+        };
         let mut inner = self.inner.borrow_mut();
         inner.writer =
             Some(Writer { segment, file, end: HEADER_BLOCK_BYTES as u64, tail: Vec::new() });
@@ -728,7 +754,31 @@ impl<D: Disk> Store<D> {
     /// record, never written again.
     async fn seal_writer(&self) -> Result<(), WriteError> {
         let Some(writer) = self.inner.borrow_mut().writer.take() else { return Ok(()) };
-        self.seal(writer.segment, &writer.file, writer.end).await
+        self.seal(writer.segment, &writer.file, writer.end).await?;
+        self.seal_full_segments().await
+    }
+
+    /// Seals the segments that filled up since the last call.
+    async fn seal_full_segments(&self) -> Result<(), WriteError> {
+        loop {
+            let Some(full) = self.inner.borrow_mut().unsealed.pop() else { return Ok(()) };
+            self.seal(full.segment, &full.file, full.end).await?;
+        }
+    }
+
+    /// Makes the next segment ahead of time, if there is none waiting.
+    async fn prepare_spare(&self) -> Result<(), WriteError> {
+        if self.inner.borrow().spare.is_some() {
+            return Ok(());
+        }
+        let spare = self.create_segment().await?;
+        let mut inner = self.inner.borrow_mut();
+        if inner.spare.is_none() && !inner.closed {
+            inner.spare = Some(spare);
+        }
+        // Otherwise a writer took the lead and made one meanwhile; this one
+        // stays empty, and the next open removes it.
+        Ok(())
     }
 
     async fn seal(&self, id: u64, file: &D::File, end: u64) -> Result<(), WriteError> {
@@ -758,6 +808,7 @@ impl<D: Disk> Store<D> {
             }
             let mut files = std::mem::take(&mut inner.unsynced_files);
             files.extend(inner.writer.as_ref().map(|writer| writer.file.clone()));
+            files.extend(inner.unsealed.iter().map(|full| full.file.clone()));
             inner.stats.syncs += files.len() as u64;
             files
         };
@@ -850,9 +901,17 @@ impl<D: Disk> Store<D> {
         self.inner.borrow().poisoned
     }
 
-    /// Background upkeep, for a low-priority task: writes the index files of
-    /// sealed segments and compacts segments that are mostly dead.
+    /// Background upkeep, for a low-priority task, to be called often (every
+    /// 100 ms or so): seals segments that filled up, makes the next segment
+    /// ahead of time, writes the index files of sealed segments, and
+    /// compacts segments that are mostly dead. Each of these is work that a
+    /// write would otherwise wait for.
     pub async fn maintain(&self) -> Result<CompactionReport, CompactError> {
+        if self.inner.borrow().poisoned || self.inner.borrow().closed {
+            return Ok(CompactionReport::default());
+        }
+        self.seal_full_segments().await?;
+        self.prepare_spare().await?;
         self.write_index_files().await?;
         self.compact(false).await
     }
@@ -1112,6 +1171,12 @@ impl<D: Disk> Store<D> {
         }
         self.seal_writer().await?;
         self.write_index_files().await?;
+        // The spare segment holds nothing: it goes.
+        let spare = self.inner.borrow_mut().spare.take();
+        if let Some((id, _)) = spare {
+            self.inner.borrow_mut().segments.remove(&id);
+            self.disk.remove(&segment::file_name(id)).await.map_err(WriteError::from_io)?;
+        }
         self.disk.sync_dir().await.map_err(|error| self.poison(error))
     }
 }
@@ -1242,6 +1307,8 @@ fn placeholder_inner<F>() -> Inner<F> {
         index: Index::default(),
         segments: BTreeMap::new(),
         writer: None,
+        unsealed: Vec::new(),
+        spare: None,
         queue: Vec::new(),
         flushing: false,
         compacting: false,
