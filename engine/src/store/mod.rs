@@ -450,6 +450,26 @@ impl<D: Disk> Store<D> {
     /// Writes `value` under `(partition, key)`. Returns the write's sequence
     /// number once it is durable under the sync policy.
     pub async fn put(&self, partition: u32, key: &[u8], value: &[u8]) -> Result<u64, WriteError> {
+        self.enqueue_put(partition, key, value)?.wait().await
+    }
+
+    /// Removes `(partition, key)` from the store. Removing a missing key is
+    /// not an error (it writes a removal all the same).
+    pub async fn remove(&self, partition: u32, key: &[u8]) -> Result<u64, WriteError> {
+        self.enqueue_remove(partition, key)?.wait().await
+    }
+
+    /// Queues a put and returns at once; the returned [`Commit`] completes
+    /// when it is durable. Writes are applied in the order they are queued,
+    /// so a caller that must order its writes (read-modify-write of one key)
+    /// need only hold its latch until this returns, not until the write is
+    /// durable.
+    pub fn enqueue_put(
+        &self,
+        partition: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Commit<'_, D>, WriteError> {
         self.check_key(key)?;
         if value.len() > self.options.value_bytes_max {
             return Err(WriteError::ValueTooLarge {
@@ -457,14 +477,13 @@ impl<D: Disk> Store<D> {
                 max: self.options.value_bytes_max,
             });
         }
-        self.submit(partition, key, RecordKind::Put, value).await
+        self.enqueue(partition, key, RecordKind::Put, value)
     }
 
-    /// Removes `(partition, key)` from the store. Removing a missing key is
-    /// not an error (it writes a removal all the same).
-    pub async fn remove(&self, partition: u32, key: &[u8]) -> Result<u64, WriteError> {
+    /// Queues a removal; see [`Store::enqueue_put`].
+    pub fn enqueue_remove(&self, partition: u32, key: &[u8]) -> Result<Commit<'_, D>, WriteError> {
         self.check_key(key)?;
-        self.submit(partition, key, RecordKind::Remove, &[]).await
+        self.enqueue(partition, key, RecordKind::Remove, &[])
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), WriteError> {
@@ -477,60 +496,40 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
-    async fn submit(
+    fn enqueue(
         &self,
         partition: u32,
         key: &[u8],
         kind: RecordKind,
         value: &[u8],
-    ) -> Result<u64, WriteError> {
-        let (done, mut outcome) = oneshot::channel();
+    ) -> Result<Commit<'_, D>, WriteError> {
+        let (done, outcome) = oneshot::channel();
         let (lead, chosen) = oneshot::channel();
-        let lead_now = {
-            let mut inner = self.inner.borrow_mut();
-            if inner.poisoned {
-                return Err(WriteError::Poisoned);
-            }
-            if inner.closed {
-                return Err(WriteError::Closed);
-            }
-            let seq = inner.next_seq;
-            inner.next_seq += 1;
-            match kind {
-                RecordKind::Put => inner.stats.puts += 1,
-                RecordKind::Remove => inner.stats.removes += 1,
-            }
-            inner.queue.push(Pending {
-                partition,
-                key: key.into(),
-                value: value.to_vec(),
-                kind,
-                seq,
-                value_len: value.len() as u32,
-                done,
-                lead: Some(lead),
-            });
-            !std::mem::replace(&mut inner.flushing, true)
-        };
-        if lead_now {
-            drop(chosen);
-        } else {
-            // Wait for the outcome, or to be chosen to lead the next batch
-            // (which then holds this write).
-            let mut waiting = ChosenGuard { store: self, chosen: Some(chosen) };
-            let chosen = waiting.chosen.as_mut().expect("just set");
-            match futures::future::select(&mut outcome, chosen).await {
-                Either::Left((result, _)) => return result.unwrap_or(Err(WriteError::Interrupted)),
-                Either::Right((Ok(()), _)) => waiting.chosen = None,
-                // Taken into a batch that someone else leads.
-                Either::Right((Err(_), _)) => {
-                    waiting.chosen = None;
-                    return outcome.await.unwrap_or(Err(WriteError::Interrupted));
-                }
-            }
+        let mut inner = self.inner.borrow_mut();
+        if inner.poisoned {
+            return Err(WriteError::Poisoned);
         }
-        self.lead_one_batch().await;
-        outcome.await.unwrap_or(Err(WriteError::Interrupted))
+        if inner.closed {
+            return Err(WriteError::Closed);
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        match kind {
+            RecordKind::Put => inner.stats.puts += 1,
+            RecordKind::Remove => inner.stats.removes += 1,
+        }
+        inner.queue.push(Pending {
+            partition,
+            key: key.into(),
+            value: value.to_vec(),
+            kind,
+            seq,
+            value_len: value.len() as u32,
+            done,
+            lead: Some(lead),
+        });
+        let lead_now = !std::mem::replace(&mut inner.flushing, true);
+        Ok(Commit { store: self, outcome: Some(outcome), chosen: Some(chosen), lead_now })
     }
 
     /// Flushes the queue as one batch (it holds the leader's own write),
@@ -1378,15 +1377,55 @@ fn hand_off_lead<F>(inner: &mut Inner<F>) {
     inner.queue.clear();
 }
 
-/// Passes the lead on if a writer chosen to lead is dropped before leading.
-struct ChosenGuard<'a, D: Disk> {
+/// A queued write, completed by [`Commit::wait`] once it is durable.
+///
+/// Waiting is also how group commit makes progress: the writer that found
+/// no flush running, or that the previous leader chose, leads the next
+/// batch from inside `wait`. Dropping a commit without waiting passes that
+/// lead on, so no other writer is left waiting; the write itself may still
+/// become durable.
+#[must_use = "a write is durable only once its commit completes"]
+#[derive(Debug)]
+pub struct Commit<'a, D: Disk> {
     store: &'a Store<D>,
+    outcome: Option<oneshot::Receiver<Result<u64, WriteError>>>,
+    /// Fires if this writer is chosen to lead the next batch.
     chosen: Option<oneshot::Receiver<()>>,
+    /// This writer found no flush running: it leads the next batch.
+    lead_now: bool,
 }
 
-impl<D: Disk> Drop for ChosenGuard<'_, D> {
+impl<D: Disk> Commit<'_, D> {
+    /// Waits until the write is durable (or failed); returns its sequence
+    /// number.
+    pub async fn wait(mut self) -> Result<u64, WriteError> {
+        let mut outcome = self.outcome.take().expect("waited once");
+        if !std::mem::take(&mut self.lead_now) {
+            // Wait for the outcome, or to be chosen to lead the next batch
+            // (which then holds this write).
+            let chosen = self.chosen.as_mut().expect("set until chosen");
+            match futures::future::select(&mut outcome, chosen).await {
+                Either::Left((result, _)) => return result.unwrap_or(Err(WriteError::Interrupted)),
+                Either::Right((Ok(()), _)) => self.chosen = None,
+                // Taken into a batch that someone else leads.
+                Either::Right((Err(_), _)) => {
+                    self.chosen = None;
+                    return outcome.await.unwrap_or(Err(WriteError::Interrupted));
+                }
+            }
+        }
+        self.chosen = None;
+        self.store.lead_one_batch().await;
+        outcome.await.unwrap_or(Err(WriteError::Interrupted))
+    }
+}
+
+impl<D: Disk> Drop for Commit<'_, D> {
     fn drop(&mut self) {
-        if let Some(Ok(Some(()))) = self.chosen.as_mut().map(oneshot::Receiver::try_recv) {
+        let chosen = self.chosen.as_mut().map(oneshot::Receiver::try_recv);
+        if self.lead_now || matches!(chosen, Some(Ok(Some(())))) {
+            // This writer was to lead and never will: the next one does.
+            self.chosen = None;
             hand_off_lead(&mut self.store.inner.borrow_mut());
         }
     }
