@@ -51,8 +51,9 @@ pub enum ReplicaError {
 /// The write latches of the keys being written, by `(partition, key)`.
 type Latches = RefCell<AHashMap<(u32, Box<[u8]>), Arc<Mutex<()>>>>;
 
-/// A key's newest queued set, and how many of its writes are in flight.
-type Queued = (SiblingSet, u32);
+/// Per key being written: its newest queued set, and how many of its
+/// writes are in flight.
+type QueuedSets = AHashMap<(u32, Box<[u8]>), (SiblingSet, u32)>;
 
 /// The keys of one shard's store, as sibling sets.
 #[derive(Debug)]
@@ -63,7 +64,7 @@ pub struct Replica<D: Disk> {
     latches: Latches,
     /// The newest queued, not yet durable set of each key being written,
     /// and how many writes of it are in flight.
-    pending: RefCell<AHashMap<(u32, Box<[u8]>), Queued>>,
+    pending: RefCell<QueuedSets>,
 }
 
 impl<D: Disk> Replica<D> {
