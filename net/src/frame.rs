@@ -63,7 +63,9 @@
 
 use std::fmt;
 
-use rkyv::util::AlignedVec;
+/// The 16-byte-aligned buffer frames live in (rkyv's), re-exported so that
+/// callers need no direct rkyv dependency to hold or build one.
+pub use rkyv::util::AlignedVec;
 
 use crate::limits::FRAME_BYTES_MAX_CEILING;
 
@@ -119,7 +121,7 @@ const _: () = assert!(OFFSET_RESERVED_HIGH + 4 == HEADER_BYTES);
 /// | 192..=255 | reserved   | node → node    | their replies                                     |
 ///
 /// `ERROR` answers any request, client or node, in place of its reply. Kinds
-/// 0, 5..=62, 69..=126 are unassigned. A kind is a plain byte (not an enum)
+/// 0, 5..=63, 64 and 69..=126 are unassigned. A kind is a plain byte (not an enum)
 /// so that a frame of a kind this build does not know can still be decoded,
 /// answered `UnknownKind`, and skipped.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -338,13 +340,18 @@ pub enum FrameError {
         /// The refused frame's request id.
         request_id: u64,
     },
-    /// The body's checksum does not match its bytes.
-    #[error("body checksum mismatch: header says {expected:#010x}, body gives {actual:#010x}")]
+    /// The body's checksum does not match its bytes. The header is intact,
+    /// so the peer can still be told which request was refused.
+    #[error(
+        "body checksum mismatch (request {request_id}): header says {expected:#010x}, body gives {actual:#010x}"
+    )]
     BodyChecksum {
         /// The checksum the header carries.
         expected: u32,
         /// The checksum of the body received.
         actual: u32,
+        /// The refused frame's request id.
+        request_id: u64,
     },
     /// [`Frame::from_bytes`] was given less than one whole frame.
     #[error("incomplete frame: need {needed} bytes, {available} available")]
@@ -361,6 +368,21 @@ pub enum FrameError {
         /// How many.
         count: usize,
     },
+}
+
+impl FrameError {
+    /// The request id of the refused frame, when its header passed its
+    /// checks so the id can be trusted: a node may answer that request
+    /// ([`FrameTooLarge`](crate::message::ErrorCode::FrameTooLarge) or
+    /// [`BadRequest`](crate::message::ErrorCode::BadRequest)) before it
+    /// closes the connection.
+    pub fn request_id(&self) -> Option<u64> {
+        match *self {
+            FrameError::TooLarge { request_id, .. }
+            | FrameError::BodyChecksum { request_id, .. } => Some(request_id),
+            _ => None,
+        }
+    }
 }
 
 /// One whole, checksummed frame: header and body in one 16-byte-aligned
@@ -469,7 +491,11 @@ fn check_body(header: &Header, body: &[u8]) -> Result<(), FrameError> {
     assert_eq!(body.len() as u64, u64::from(header.body_len));
     let actual = crc32c::crc32c(body);
     if actual != header.body_checksum {
-        return Err(FrameError::BodyChecksum { expected: header.body_checksum, actual });
+        return Err(FrameError::BodyChecksum {
+            expected: header.body_checksum,
+            actual,
+            request_id: header.request_id,
+        });
     }
     Ok(())
 }

@@ -1,13 +1,28 @@
-//! holdfast-net: what travels between holdfast nodes and their clients.
+//! holdfast-net: what travels between holdfast nodes and their clients, and
+//! the client library.
 //!
-//! Today that is causality and versioned values: [`clock`] has the actors,
-//! dots and version vectors that order writes, and [`siblings`] the set of
-//! concurrent versions of one key with its canonical byte encoding. Frames,
-//! message types and the client library will join them here. The crate is
-//! deliberately small and free of I/O: it does not depend on glommio,
-//! io_uring or any runtime, so an application that only talks to holdfast
-//! links little more than this, and the cluster core can use the same types
-//! inside a deterministic simulator.
+//! - [`clock`]: the actors, dots and version vectors that order writes, and
+//!   the canonical encoding of a vector, which is the causal context a client
+//!   carries from a read to its next write.
+//! - [`siblings`]: the set of concurrent versions of one key, with the
+//!   canonical byte encoding that stores and replicas hash.
+//! - [`frame`]: the unit every connection carries, a hand-checked 32-byte
+//!   header and an rkyv body, and the sans-IO [`frame::FrameDecoder`].
+//! - [`message`]: the message types and the one place archived bytes are
+//!   read (rkyv's validating access); [`message::Request::parse`] is what a
+//!   node runs on every frame a client sends.
+//! - [`limits`]: every size a peer can make us accept, and how they relate.
+//! - [`client`]: the sans-IO [`client::ClientCore`] and the blocking
+//!   [`Client`] over `std::net`.
+//!
+//! The wire protocol is described in `net/PROTOCOL.md` (header, kinds,
+//! messages, limits, error codes, versioning, pipelining).
+//!
+//! The crate is deliberately small and free of runtimes: it does not depend
+//! on glommio, io_uring or any async executor, so an application that only
+//! talks to holdfast links little more than this, and the cluster core can
+//! use the same types inside a deterministic simulator. The blocking client
+//! is the only code here that touches a socket or reads a clock.
 //!
 //! What it is not: a store (the engine keeps encoded sibling sets as opaque
 //! bytes) or a conflict resolver. Siblings are returned as they are;
@@ -19,15 +34,21 @@
 //!   and [`SiblingSet::merge`] is commutative, associative and idempotent on
 //!   every state the write process can reach, so replicas converge whatever
 //!   order replication, read repair and anti-entropy deliver state in.
-//! - Equal sets encode to equal bytes, and the decoder accepts only such
-//!   canonical bytes, so replicas can compare sets by hashing their bytes.
+//! - Equal sets (and equal clocks) encode to equal bytes, and the decoders
+//!   accept only such canonical bytes, so replicas can compare sets by
+//!   hashing their bytes.
 //! - Decoding untrusted bytes never panics and never allocates much beyond
-//!   the input's length.
+//!   the input's length: a frame over the configured limit is refused from
+//!   its header before its body is buffered, and a body is read only after
+//!   its checksum and rkyv's validation passed.
 //!
 //! Limits: [`clock::CLOCK_ENTRIES_MAX`] actors per clock,
-//! [`siblings::VERSIONS_MAX`] versions per key, and a per-value byte cap
-//! ([`siblings::DecodeLimits`], 1 MiB by default), all enforced by the
-//! decoder. Clocks are never pruned (see [`clock`] for why they stay small).
+//! [`siblings::VERSIONS_MAX`] versions per key, 64 KiB keys and 1 MiB
+//! values ([`limits`]), 2 MiB request frames and 65 MiB reply frames by
+//! default. Clocks are never pruned (see [`clock`] for why they stay small).
+//!
+//! Versioned values, as a node handles them (the client side is in
+//! [`client`]'s docs):
 //!
 //! ```
 //! use holdfast_net::{Actor, DecodeLimits, SiblingSet, VersionVector};
