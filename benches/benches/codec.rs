@@ -80,7 +80,14 @@ fn main() {
     while segment_bytes.len() < 4 << 20 {
         seq += 1;
         let key = format!("user:{seq:010}");
-        record::encode(&mut segment_bytes, 1, seq, record::RecordKind::Put, key.as_bytes(), &[1; 1024]);
+        record::encode(
+            &mut segment_bytes,
+            1,
+            seq,
+            record::RecordKind::Put,
+            key.as_bytes(),
+            &[1; 1024],
+        );
     }
     let started = Instant::now();
     let scans = 50;

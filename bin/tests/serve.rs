@@ -200,3 +200,29 @@ fn hostile_bytes_close_only_their_own_connection() {
     }
     node.stop();
 }
+
+/// Regression: blind writes to one key used to pile up siblings past what a
+/// node can decode, and every request for the key then failed.
+#[test]
+fn blind_writes_past_the_sibling_limit_are_refused_and_the_key_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), 1);
+    let client = node.client();
+    let limit = holdfast_net::siblings::VERSIONS_MAX;
+    for n in 0..limit {
+        client.put(b"hot", format!("{n}").as_bytes(), None).unwrap();
+    }
+    let refused = client.put(b"hot", b"one too many", None).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            holdfast_net::client::ClientError::Server { code: ErrorCode::TooManySiblings, .. }
+        ),
+        "{refused:?}"
+    );
+    let read = client.get(b"hot").unwrap();
+    assert_eq!(read.values.len(), limit);
+    client.put(b"hot", b"merged", Some(&read.context)).unwrap();
+    assert_eq!(client.get(b"hot").unwrap().values, [b"merged".to_vec()]);
+    node.stop();
+}

@@ -182,6 +182,9 @@ pub enum ErrorCode {
     UnknownKind,
     /// The node does not speak the frame's protocol version.
     UnsupportedVersion,
+    /// The write would leave the key more concurrent versions than a node
+    /// keeps: read the key and write with the context the read returned.
+    TooManySiblings,
     /// Too few replicas are reachable to meet R or W.
     Unavailable,
     /// R or W replicas did not answer in time; a write may still have been
@@ -210,6 +213,7 @@ impl ErrorCode {
             ErrorCode::BadContext => 5,
             ErrorCode::UnknownKind => 6,
             ErrorCode::UnsupportedVersion => 7,
+            ErrorCode::TooManySiblings => 8,
             ErrorCode::Unavailable => 100,
             ErrorCode::Timeout => 101,
             ErrorCode::Overloaded => 102,
@@ -230,6 +234,7 @@ impl ErrorCode {
             5 => ErrorCode::BadContext,
             6 => ErrorCode::UnknownKind,
             7 => ErrorCode::UnsupportedVersion,
+            8 => ErrorCode::TooManySiblings,
             100 => ErrorCode::Unavailable,
             101 => ErrorCode::Timeout,
             102 => ErrorCode::Overloaded,

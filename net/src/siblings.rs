@@ -210,6 +210,18 @@ pub enum WriteError {
         /// The coordinating actor.
         actor: Actor,
     },
+    /// The write would leave more than [`VERSIONS_MAX`] concurrent versions:
+    /// writes that carry no (or a stale) context each add one. The client
+    /// must read the key and write with the context it returned.
+    #[error(
+        "the key would have {siblings} siblings, more than {max}: read it and write with its context"
+    )]
+    TooManySiblings {
+        /// Versions the set would hold.
+        siblings: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The context has more entries than [`CLOCK_ENTRIES_MAX`], so the new
     /// version could not be replicated: every peer's decoder would refuse it.
     #[error("context of {entries} entries, more than the wire limit of {max}")]
@@ -373,6 +385,13 @@ impl SiblingSet {
             .fold(context.get(actor), u64::max);
         let counter = seen.checked_add(1).ok_or(WriteError::CounterExhausted { actor })?;
         let dot = Dot::new(actor, counter);
+        // A set over the limit could be stored but never decoded again: the
+        // key would become unreadable. Refuse the write instead; the client
+        // reads the siblings and writes with their context, which folds them.
+        let kept = self.versions.iter().filter(|version| !context.contains(version.dot)).count();
+        if kept + 1 > VERSIONS_MAX {
+            return Err(WriteError::TooManySiblings { siblings: kept + 1, max: VERSIONS_MAX });
+        }
 
         self.discard(context);
         let version = Version { dot, clock: context.clone(), value };
@@ -962,5 +981,30 @@ mod tests {
             decode(&corrupt(SECOND_VERSION + 12, &1u64.to_le_bytes())),
             Err(DecodeError::DominatedVersion { version: 1, by: 0 })
         );
+    }
+}
+
+#[cfg(test)]
+mod sibling_limit_tests {
+    use super::*;
+
+    /// Regression: blind writes to a hot key used to pile up past
+    /// `VERSIONS_MAX`; the set was stored but never decoded again, so every
+    /// later request for the key failed.
+    #[test]
+    fn blind_writes_past_the_sibling_limit_are_refused_and_the_key_stays_readable() {
+        let actor = Actor::new(1, 0);
+        let mut set = SiblingSet::new();
+        for n in 0..VERSIONS_MAX {
+            set.write(actor, &VersionVector::new(), Some(vec![n as u8])).unwrap();
+        }
+        let refused = set.write(actor, &VersionVector::new(), Some(b"one too many".to_vec()));
+        assert!(matches!(refused, Err(WriteError::TooManySiblings { siblings: 65, max: 64 })));
+        let decoded = SiblingSet::decode(&set.encode(), DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.len(), VERSIONS_MAX);
+        // A write with the read's context folds every sibling into one.
+        let mut folded = decoded.clone();
+        folded.write(actor, &decoded.context(), Some(b"merged".to_vec())).unwrap();
+        assert_eq!(folded.len(), 1);
     }
 }

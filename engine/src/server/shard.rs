@@ -317,6 +317,9 @@ fn error_reply(request_id: u64, error: &ReplicaError) -> Vec<u8> {
         ReplicaError::Write(WriteError::ValueTooLarge { .. }) => ErrorCode::ValueTooLarge,
         ReplicaError::Write(WriteError::DiskFull) => ErrorCode::DiskFull,
         ReplicaError::Write(WriteError::Closed) => ErrorCode::ShuttingDown,
+        ReplicaError::Clock(holdfast_net::siblings::WriteError::TooManySiblings { .. }) => {
+            ErrorCode::TooManySiblings
+        }
         ReplicaError::Clock(_) => ErrorCode::BadContext,
         _ => ErrorCode::Internal,
     };
