@@ -727,3 +727,63 @@ fn hot_values_are_read_from_memory_and_never_stale() {
     }
     assert_eq!(store.stats().cache_hits, 1);
 }
+
+#[test]
+fn background_upkeep_between_writes_loses_nothing() {
+    for_seeds(50, |seed| {
+        let disk = disk(seed);
+        let store = Rc::new(open(&disk));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut serial = 0;
+        let mut model = HashMap::new();
+        for _ in 0..40 {
+            for (key, state, outcome) in concurrent_writes(&store, &mut rng, seed, &mut serial, 30)
+            {
+                outcome.expect("no faults injected");
+                model.insert(key, state);
+            }
+            block_on(store.maintain()).expect("upkeep never fails without faults");
+            for (key, state) in &model {
+                assert_eq!(&read_state(&store, key).unwrap(), state, "seed {seed}: {key:?}");
+            }
+        }
+    });
+}
+
+#[test]
+fn background_upkeep_racing_writes_loses_nothing() {
+    for_seeds(300, |seed| {
+        let disk = disk(seed);
+        disk.set_faults(SimFaults { yield_probability: 0.5, ..SimFaults::default() });
+        let store = Rc::new(open(&disk));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut serial = 0;
+        let mut model = HashMap::new();
+        for round in 0..30 {
+            let compact = rng.random_bool(0.3);
+            let outcomes = concurrent_writes_crashing(
+                &store,
+                &disk,
+                &mut rng,
+                seed,
+                &mut serial,
+                30,
+                compact,
+                None,
+            );
+            let mut outcomes: Vec<_> = outcomes.into_iter().collect();
+            // Applied in queue order; each write's outcome must be success.
+            for (key, state, outcome) in outcomes.drain(..) {
+                outcome.expect("no faults injected");
+                model.insert(key, state);
+            }
+            for (key, state) in &model {
+                assert_eq!(
+                    &read_state(&store, key).unwrap(),
+                    state,
+                    "seed {seed} round {round}: {key:?}"
+                );
+            }
+        }
+    });
+}

@@ -52,6 +52,7 @@ pub struct ConfigFile {
     frame_bytes_max: Option<u32>,
     connection_in_flight_max: Option<usize>,
     pin: Option<bool>,
+    compaction_bytes_per_second: Option<u64>,
 }
 
 /// The options a node runs with, from the file and then the flags.
@@ -86,6 +87,11 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     options.connection_in_flight_max =
         file.connection_in_flight_max.unwrap_or(options.connection_in_flight_max);
     options.pin = file.pin.unwrap_or(options.pin);
+    options.compaction_bytes_per_second =
+        file.compaction_bytes_per_second.unwrap_or(options.compaction_bytes_per_second);
+    if options.compaction_bytes_per_second == 0 {
+        bail!("compaction_bytes_per_second must be above 0");
+    }
     Ok(options)
 }
 

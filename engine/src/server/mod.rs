@@ -62,8 +62,10 @@ pub struct ServerOptions {
     pub connection_in_flight_max: usize,
     /// Pin shard `i` to CPU `i` (when there are that many CPUs).
     pub pin: bool,
-    /// How often background upkeep (index files, compaction) runs.
+    /// How often background upkeep (sealing, index files, compaction) runs.
     pub maintenance_interval: Duration,
+    /// The most bytes per second compaction reads, and again writes.
+    pub compaction_bytes_per_second: u64,
 }
 
 impl ServerOptions {
@@ -79,6 +81,7 @@ impl ServerOptions {
             connection_in_flight_max: 1024,
             pin: true,
             maintenance_interval: Duration::from_millis(100),
+            compaction_bytes_per_second: 32 << 20,
         }
     }
 }

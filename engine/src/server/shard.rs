@@ -148,9 +148,10 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
     glommio::spawn_local_into(
         async move {
             let interval = upkeep.options.maintenance_interval;
+            let mut pace = Paced::new(upkeep.options.compaction_bytes_per_second);
             while !upkeep.stopping.is_set() {
                 glommio::timer::sleep(interval).await;
-                if let Err(error) = upkeep.replica.store().maintain().await {
+                if let Err(error) = upkeep.replica.store().maintain_paced(&mut pace).await {
                     tracing::warn!(shard = upkeep.id, %error, "store maintenance failed");
                 }
             }
@@ -364,5 +365,26 @@ impl Future for WatchWait<'_> {
         }
         self.watch.waiters.borrow_mut().push(context.waker().clone());
         Poll::Pending
+    }
+}
+
+/// Paces compaction to a byte rate on the shard's timers: after every
+/// chunk it sleeps as long as the chunk was worth at that rate, so a burst
+/// of background I/O never queues in front of foreground writes for long.
+struct Paced {
+    bytes_per_second: u64,
+}
+
+impl Paced {
+    fn new(bytes_per_second: u64) -> Paced {
+        assert!(bytes_per_second > 0);
+        Paced { bytes_per_second }
+    }
+}
+
+impl crate::store::Pace for Paced {
+    fn after(&mut self, bytes: u64) -> impl Future<Output = ()> {
+        let pause = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        glommio::timer::sleep(pause)
     }
 }

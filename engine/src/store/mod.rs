@@ -111,8 +111,11 @@ use self::record::Decoded;
 use self::segment::{HEADER_BLOCK_BYTES, ScannedRecord};
 use crate::disk::{Disk, DiskFile};
 
-/// How much of a segment compaction and recovery read per `read_at`.
+/// How much of a segment compaction and recovery read per `read_at`, and
+/// how much of an index file is written per `write_at`.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+
+const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(segment::HEADER_BLOCK_BYTES));
 /// Compaction yields to foreground work after scanning this many records.
 const COMPACTION_RECORDS_PER_YIELD: usize = 256;
 /// Compaction writes (and syncs) its copies in chunks of about this size.
@@ -906,17 +909,34 @@ impl<D: Disk> Store<D> {
     /// compacts segments that are mostly dead. Each of these is work that a
     /// write would otherwise wait for.
     pub async fn maintain(&self) -> Result<CompactionReport, CompactError> {
+        self.maintain_paced(&mut Unpaced).await
+    }
+
+    /// [`Store::maintain`], with compaction moving its bytes at the pace
+    /// `pace` sets, so that it never takes the disk from foreground writes.
+    pub async fn maintain_paced(
+        &self,
+        pace: &mut impl Pace,
+    ) -> Result<CompactionReport, CompactError> {
         if self.inner.borrow().poisoned || self.inner.borrow().closed {
             return Ok(CompactionReport::default());
         }
         self.seal_full_segments().await?;
         self.prepare_spare().await?;
-        self.write_index_files().await?;
-        self.compact(false).await
+        self.write_index_files_paced(pace).await?;
+        self.compact_paced(false, pace).await
     }
 
     /// Writes the index file of every sealed segment that lacks one.
     pub async fn write_index_files(&self) -> Result<(), WriteError> {
+        self.write_index_files_paced(&mut Unpaced).await
+    }
+
+    /// [`Store::write_index_files`] at the pace `pace` sets. Only the first
+    /// block goes through `create`; the rest is written in chunks through
+    /// the disk's own path, so a large index file is never one long
+    /// synchronous copy on the shard's thread nor one burst on the disk.
+    pub async fn write_index_files_paced(&self, pace: &mut impl Pace) -> Result<(), WriteError> {
         let todo: Vec<u64> = {
             let inner = self.inner.borrow();
             inner
@@ -936,8 +956,14 @@ impl<D: Disk> Store<D> {
                 index_file::encode(id, segment.data_end, records, self.alignment)
             };
             let temporary = index_file::temporary_name(id);
-            let file =
-                self.disk.create(&temporary, &contents).await.map_err(WriteError::from_io)?;
+            let (head, rest) = contents.split_at(self.alignment);
+            let file = self.disk.create(&temporary, head).await.map_err(WriteError::from_io)?;
+            let mut offset = self.alignment as u64;
+            for chunk in rest.chunks(READ_CHUNK_BYTES) {
+                file.write_at(offset, chunk).await.map_err(WriteError::from_io)?;
+                offset += chunk.len() as u64;
+                pace.after(chunk.len() as u64).await;
+            }
             file.sync_data().await.map_err(|error| self.poison(error))?;
             self.disk
                 .rename(&temporary, &index_file::file_name(id))
@@ -956,6 +982,15 @@ impl<D: Disk> Store<D> {
     /// (which also seals the current segment first, when no write is in
     /// flight). Runs alongside reads and writes and yields to them often.
     pub async fn compact(&self, everything: bool) -> Result<CompactionReport, CompactError> {
+        self.compact_paced(everything, &mut Unpaced).await
+    }
+
+    /// [`Store::compact`], moving its bytes at the pace `pace` sets.
+    pub async fn compact_paced(
+        &self,
+        everything: bool,
+        pace: &mut impl Pace,
+    ) -> Result<CompactionReport, CompactError> {
         let mut report = CompactionReport::default();
         {
             let mut inner = self.inner.borrow_mut();
@@ -985,7 +1020,7 @@ impl<D: Disk> Store<D> {
         let mut output: Option<Writer<D::File>> = None;
         let mut outputs = Vec::new();
         for id in candidates {
-            self.compact_segment(id, &mut output, &mut outputs, &mut report).await?;
+            self.compact_segment(id, &mut output, &mut outputs, &mut report, pace).await?;
         }
         if let Some(writer) = output.take() {
             self.seal(writer.segment, &writer.file, writer.end).await?;
@@ -1000,11 +1035,22 @@ impl<D: Disk> Store<D> {
         output: &mut Option<Writer<D::File>>,
         outputs: &mut Vec<u64>,
         report: &mut CompactionReport,
+        pace: &mut impl Pace,
     ) -> Result<(), CompactError> {
         let Some(file) = self.inner.borrow().segments.get(&id).map(|s| s.file.clone()) else {
             return Ok(());
         };
-        let bytes = read_whole(&file).await?;
+        let len = file.len().await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        while (bytes.len() as u64) < len {
+            let want = READ_CHUNK_BYTES.min((len - bytes.len() as u64) as usize);
+            let chunk = file.read_at(bytes.len() as u64, want).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+            pace.after(chunk.len() as u64).await;
+        }
         let mut scanner = segment::Scanner::new(id, &bytes);
         while !scanner.advance(COMPACTION_RECORDS_PER_YIELD) {
             yield_now().await;
@@ -1056,6 +1102,7 @@ impl<D: Disk> Store<D> {
             self.copy_records(&bytes, id, chunk, output, outputs).await?;
             report.records_copied += chunk.len() as u64;
             survivors = rest;
+            pace.after(chunk_bytes).await;
             yield_now().await;
         }
         let segment = {
@@ -1221,6 +1268,24 @@ impl<F> Inner<F> {
         if let IndexFileState::Pending(records) = &mut segment.index_file {
             records.push(record);
         }
+    }
+}
+
+/// Sets the pace of background I/O (compaction): told the bytes just
+/// moved, it returns when the next may move. The store reads no clock, so
+/// the runtime that drives it supplies the pace (a token bucket on its
+/// timers); the simulator and tools run unpaced.
+pub trait Pace {
+    fn after(&mut self, bytes: u64) -> impl Future<Output = ()>;
+}
+
+/// No pacing: background I/O runs as fast as the disk takes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unpaced;
+
+impl Pace for Unpaced {
+    fn after(&mut self, _bytes: u64) -> impl Future<Output = ()> {
+        std::future::ready(())
     }
 }
 
