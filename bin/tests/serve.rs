@@ -226,3 +226,35 @@ fn blind_writes_past_the_sibling_limit_are_refused_and_the_key_stays_readable() 
     assert_eq!(client.get(b"hot").unwrap().values, [b"merged".to_vec()]);
     node.stop();
 }
+
+/// A second node on a data directory or an address already in use refuses
+/// to start, instead of sharing them (glommio binds with SO_REUSEPORT, so
+/// the kernel would otherwise split connections between the two).
+#[test]
+fn a_second_node_refuses_a_taken_data_directory_or_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), 1);
+    let other = tempfile::tempdir().unwrap();
+    let attempts = [
+        (
+            dir.path().to_path_buf(),
+            TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
+            "in use by another holdfast process",
+        ),
+        (other.path().to_path_buf(), node.addr, "is taken by another process"),
+    ];
+    for (data_dir, addr, complaint) in attempts {
+        let output = Command::new(HOLDFAST)
+            .args(["serve", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen", &addr.to_string()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(complaint), "{stderr}");
+    }
+    // The first node is unaffected.
+    assert!(node.client().ping().is_ok());
+    node.stop();
+}

@@ -96,8 +96,49 @@ pub enum ServerError {
     Shard { shard: u32, message: String },
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("the data directory {0} is in use by another holdfast process")]
+    DataDirInUse(PathBuf),
+    #[error("the address {0} is taken by another process")]
+    AddressInUse(SocketAddr),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Takes an exclusive advisory lock on `dir/LOCK`, held while the returned
+/// file is open (and released by the kernel if the process dies).
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: `flock` on a valid, open descriptor has no memory effects.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => ServerError::DataDirInUse(dir.to_path_buf()),
+            _ => ServerError::Io(error),
+        });
+    }
+    Ok(file)
+}
+
+/// Fails if another process listens on `addr`. The shards bind with
+/// `SO_REUSEPORT`, which would silently share the port (and split the
+/// connections) with a leftover process; a plain bind first does not.
+fn refuse_a_taken_address(addr: SocketAddr) -> Result<(), ServerError> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(ServerError::AddressInUse(addr))
+        }
+        Err(error) => Err(ServerError::Io(error)),
+    }
 }
 
 /// What a node reports once it stopped.
@@ -114,6 +155,10 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
     options.store.validate(4096).map_err(ServerError::Options)?;
     crate::disk::dma::raise_memlock_limit()?;
     std::fs::create_dir_all(&options.data_dir)?;
+    // Held until this function returns: a second node on the same data
+    // directory would write the same segments.
+    let _lock = lock_data_dir(&options.data_dir)?;
+    refuse_a_taken_address(options.listen)?;
     let fresh = !options.data_dir.join("node.id").exists();
 
     let shards = options.shards as usize;
