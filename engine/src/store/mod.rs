@@ -201,6 +201,8 @@ pub struct Store<D: Disk> {
     options: StoreOptions,
     alignment: usize,
     inner: RefCell<Inner<D::File>>,
+    /// Compaction's input buffer, kept between compactions.
+    compaction_buffer: RefCell<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -291,7 +293,13 @@ impl<D: Disk> Store<D> {
     ) -> Result<(Store<D>, RecoveryReport), OpenError> {
         let alignment = disk.alignment();
         options.validate(alignment).map_err(OpenError::Options)?;
-        let store = Store { disk, options, alignment, inner: RefCell::new(placeholder_inner()) };
+        let store = Store {
+            disk,
+            options,
+            alignment,
+            inner: RefCell::new(placeholder_inner()),
+            compaction_buffer: RefCell::new(Vec::new()),
+        };
         store.inner.borrow_mut().cache.bytes_max = store.options.cache_bytes_max;
         let report = store.recover().await?;
         Ok((store, report))
@@ -822,6 +830,25 @@ impl<D: Disk> Store<D> {
 
     /// Reads the value of `(partition, key)`, verifying its record.
     pub async fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        // A compaction may move the record (and empty its old file) while
+        // the read is in flight; the index then points at the new copy, and
+        // one more look finds it. A record that fails twice where the index
+        // still points is corrupt.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.get_once(partition, key).await {
+                Err(ReadError::Corrupt { segment, .. })
+                    if attempts < 3 && !self.inner.borrow().segments.contains_key(&segment) =>
+                {
+                    continue;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn get_once(&self, partition: u32, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         let (at, file) = {
             let mut inner = self.inner.borrow_mut();
             inner.stats.gets += 1;
@@ -858,11 +885,11 @@ impl<D: Disk> Store<D> {
             other => format!("{other:?}"),
         };
         let mut inner = self.inner.borrow_mut();
-        inner.stats.corrupt_reads += 1;
         if let Some(segment) = inner.segments.get_mut(&at.segment) {
             segment.damaged = true;
+            inner.stats.corrupt_reads += 1;
+            tracing::error!(segment = at.segment, offset = at.offset, %detail, "corrupt record not served");
         }
-        tracing::error!(segment = at.segment, offset = at.offset, %detail, "corrupt record not served");
         Err(ReadError::Corrupt { segment: at.segment, offset: at.offset, detail })
     }
 
@@ -1041,7 +1068,30 @@ impl<D: Disk> Store<D> {
             return Ok(());
         };
         let len = file.len().await?;
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        // The input buffer is kept between compactions: a fresh one of a
+        // segment's size would be faulted in (and zeroed) by the kernel on
+        // the shard's thread every time, a stall of tens of milliseconds.
+        let mut bytes = self.compaction_buffer.take();
+        bytes.clear();
+        bytes.reserve(usize::try_from(len).unwrap_or(0));
+        let result =
+            self.compact_bytes(id, &file, len, &mut bytes, output, outputs, report, pace).await;
+        self.compaction_buffer.replace(bytes);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)] // One compaction's state, passed down once.
+    async fn compact_bytes(
+        &self,
+        id: u64,
+        file: &D::File,
+        len: u64,
+        bytes: &mut Vec<u8>,
+        output: &mut Option<Writer<D::File>>,
+        outputs: &mut Vec<u64>,
+        report: &mut CompactionReport,
+        pace: &mut impl Pace,
+    ) -> Result<(), CompactError> {
         while (bytes.len() as u64) < len {
             let want = READ_CHUNK_BYTES.min((len - bytes.len() as u64) as usize);
             let chunk = file.read_at(bytes.len() as u64, want).await?;
@@ -1051,7 +1101,8 @@ impl<D: Disk> Store<D> {
             bytes.extend_from_slice(&chunk);
             pace.after(chunk.len() as u64).await;
         }
-        let mut scanner = segment::Scanner::new(id, &bytes);
+        let bytes = &bytes[..];
+        let mut scanner = segment::Scanner::new(id, bytes);
         while !scanner.advance(COMPACTION_RECORDS_PER_YIELD) {
             yield_now().await;
         }
@@ -1099,7 +1150,7 @@ impl<D: Disk> Store<D> {
                 take += 1;
             }
             let (chunk, rest) = survivors.split_at(take);
-            self.copy_records(&bytes, id, chunk, output, outputs).await?;
+            self.copy_records(bytes, id, chunk, output, outputs).await?;
             report.records_copied += chunk.len() as u64;
             survivors = rest;
             pace.after(chunk_bytes).await;
@@ -1125,6 +1176,12 @@ impl<D: Disk> Store<D> {
         }
         self.disk.remove(&segment::file_name(id)).await.map_err(WriteError::from_io)?;
         self.disk.sync_dir().await.map_err(|error| self.poison(error))?;
+        // Freeing the file's blocks happens when its last handle closes,
+        // in whichever thread that is, and can block it for tens of
+        // milliseconds (ext4 frees extents and discards). Truncating first
+        // does that work through the disk's own asynchronous path; a read
+        // still in flight on the old file then retries (see `get`).
+        let _ = segment.file.truncate(0).await;
         Ok(())
     }
 
