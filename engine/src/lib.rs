@@ -42,6 +42,7 @@
 //! .unwrap();
 //! ```
 
+pub mod cluster;
 pub mod disk;
 pub mod identity;
 pub mod partition;

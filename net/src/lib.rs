@@ -83,6 +83,7 @@ pub mod clock;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod ring;
 pub mod siblings;
 
 pub use client::{Client, ClientError, ClientOptions, Context, GetResult};

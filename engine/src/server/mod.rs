@@ -66,6 +66,17 @@ pub struct ServerOptions {
     pub maintenance_interval: Duration,
     /// The most bytes per second compaction reads, and again writes.
     pub compaction_bytes_per_second: u64,
+    /// The other nodes of the cluster, by address: the node exchanges its
+    /// identity with each at start and forms the ring once it knows them
+    /// all. Empty for a one-node cluster.
+    pub seeds: Vec<SocketAddr>,
+    /// This node's share of the partitions relative to the others'.
+    pub weight: u32,
+    /// The failure zone (rack, availability zone) this node is in; a key's
+    /// replicas are spread over zones when there are enough. Empty: none.
+    pub zone: String,
+    /// N, R, W and the coordinator's timeouts.
+    pub cluster: crate::cluster::ClusterOptions,
 }
 
 impl ServerOptions {
@@ -82,6 +93,10 @@ impl ServerOptions {
             pin: true,
             maintenance_interval: Duration::from_millis(100),
             compaction_bytes_per_second: 32 << 20,
+            seeds: Vec::new(),
+            weight: 1,
+            zone: String::new(),
+            cluster: crate::cluster::ClusterOptions::default(),
         }
     }
 }

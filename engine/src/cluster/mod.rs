@@ -1,0 +1,58 @@
+//! The cluster core: the pure, deterministic protocol logic of a node.
+//!
+//! Everything here is sans-IO: state machines that take events (a client
+//! request, a peer's reply, a timer, a local store completion) and return
+//! actions (send this, store that, reply, set a timer). Nothing here reads
+//! a clock, opens a socket or touches a file; time and randomness are
+//! inputs. The glommio runtime (`server`) drives it over TCP and the
+//! io_uring store; the simulator (`sim`) drives the very same code over a
+//! seeded, faulty network and disk.
+
+use std::time::Duration;
+
+pub mod history;
+
+/// How many replicas a key has and how many must answer, cluster-wide.
+/// Requests may override R and W (never above N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// Replicas per key (N).
+    pub n: u8,
+    /// Replicas that must answer a read (R).
+    pub r: u8,
+    /// Replicas that must acknowledge a write, durably (W).
+    pub w: u8,
+    /// How long a coordinator waits for R or W answers before it answers
+    /// the client with a timeout.
+    pub request_timeout: Duration,
+    /// After a read has its R answers, how long the coordinator waits for
+    /// the rest before repairing the stale replicas it heard from.
+    pub read_repair_wait: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions {
+            n: 3,
+            r: 2,
+            w: 2,
+            request_timeout: Duration::from_secs(2),
+            read_repair_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// Checks `1 <= R, W <= N`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n == 0 {
+            return Err("n (replicas per key) must be at least 1".into());
+        }
+        for (name, value) in [("r", self.r), ("w", self.w)] {
+            if value == 0 || value > self.n {
+                return Err(format!("{name} must be in 1..={}, not {value}", self.n));
+            }
+        }
+        Ok(())
+    }
+}
