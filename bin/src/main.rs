@@ -16,6 +16,8 @@
 //!
 //! - `holdfast serve` runs a node (see `commands/serve.rs`), and
 //!   `holdfast put | get | delete` send it one request each.
+//! - `holdfast up` runs a local cluster: one `holdfast serve` child process
+//!   per node, on consecutive ports (see `commands/up.rs`).
 //!
 //! Every command that touches a store runs it on one glommio executor (the
 //! store is per shard and `!Send`); nothing here spins, since the machines
@@ -41,7 +43,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{Outcome, bench, check, client, serve, torture};
+use crate::commands::{Outcome, bench, check, client, serve, torture, up};
 
 // The store allocates a buffer per write and per read; mimalloc keeps those
 // allocations cheap and local to the shard's thread.
@@ -67,6 +69,9 @@ struct Cli {
 enum Command {
     /// Runs one node until SIGTERM or SIGINT.
     Serve(serve::ServeArgs),
+    /// Runs a local cluster: N nodes on 127.0.0.1:(BASE_PORT + i), until
+    /// SIGTERM or SIGINT.
+    Up(up::UpArgs),
     /// Writes a value (replacing what the given context covers).
     Put(client::PutArgs),
     /// Reads a key: its siblings and their context.
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
         .init();
     let outcome = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Up(args) => up::run(args),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Delete(args) => client::delete(args),

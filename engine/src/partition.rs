@@ -9,8 +9,8 @@
 //!
 //! The hash must agree across nodes, processes and restarts, so it is xxh3
 //! with its fixed default seed, never a per-process seeded hasher (ahash).
-
-use xxhash_rust::xxh3::xxh3_64;
+//! It is computed by [`holdfast_net::ring::partition_of`], the one
+//! definition clients and nodes share.
 
 /// The default number of partitions.
 pub const PARTITIONS_DEFAULT: u32 = 1024;
@@ -49,11 +49,7 @@ impl Partitioner {
 
     /// The partition of `key`.
     pub fn partition_of(&self, key: &[u8]) -> u32 {
-        let bits = self.partitions.trailing_zeros();
-        if bits == 0 {
-            return 0;
-        }
-        (xxh3_64(key) >> (64 - bits)) as u32
+        holdfast_net::ring::partition_of(key, self.partitions)
     }
 
     /// The shard that owns `partition`.

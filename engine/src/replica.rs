@@ -25,8 +25,9 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 use futures::lock::{Mutex, OwnedMutexGuard};
-use holdfast_net::siblings::{DecodeError, DecodeLimits};
-use holdfast_net::{Actor, SiblingSet, VersionVector};
+use holdfast_net::message::ErrorCode;
+use holdfast_net::siblings::{DecodeError, DecodeLimits, VERSIONS_MAX};
+use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 
 use crate::disk::Disk;
 use crate::store::{ReadError, Store, WriteError};
@@ -46,6 +47,23 @@ pub enum ReplicaError {
     /// The write could not be made a version (its context is unusable).
     #[error("write refused: {0}")]
     Clock(#[from] holdfast_net::siblings::WriteError),
+}
+
+impl ReplicaError {
+    /// The wire code that tells a client (or a coordinator) about it.
+    pub fn code(&self) -> ErrorCode {
+        use crate::store::WriteError as Store;
+        use holdfast_net::siblings::WriteError as Clock;
+        match self {
+            ReplicaError::Write(Store::KeyTooLarge { .. }) => ErrorCode::KeyTooLarge,
+            ReplicaError::Write(Store::ValueTooLarge { .. }) => ErrorCode::ValueTooLarge,
+            ReplicaError::Write(Store::DiskFull) => ErrorCode::DiskFull,
+            ReplicaError::Write(Store::Closed) => ErrorCode::ShuttingDown,
+            ReplicaError::Clock(Clock::TooManySiblings { .. }) => ErrorCode::TooManySiblings,
+            ReplicaError::Clock(_) => ErrorCode::BadContext,
+            _ => ErrorCode::Internal,
+        }
+    }
 }
 
 /// The write latches of the keys being written, by `(partition, key)`.
@@ -90,6 +108,11 @@ impl<D: Disk> Replica<D> {
         self.actor
     }
 
+    /// The limits sets are decoded with (from the store's value limit).
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
+    }
+
     /// The sibling set of `key` (empty if the key was never written).
     pub async fn read(&self, partition: u32, key: &[u8]) -> Result<SiblingSet, ReplicaError> {
         match self.store.get(partition, key).await? {
@@ -100,32 +123,97 @@ impl<D: Disk> Replica<D> {
 
     /// Coordinates a write: `value` (or a tombstone, for `None`) supersedes
     /// exactly the versions `context` covers. Returns the set after the
-    /// write, durable under the store's sync policy.
+    /// write, durable under the store's sync policy, and the new version's
+    /// dot.
     pub async fn write(
         &self,
         partition: u32,
         key: &[u8],
         context: &VersionVector,
         value: Option<Vec<u8>>,
+    ) -> Result<(SiblingSet, Dot), ReplicaError> {
+        let actor = self.actor;
+        let (set, dot) =
+            self.update(partition, key, |set| Ok(Some(set.write(actor, context, value)?))).await?;
+        Ok((set, dot.expect("a write always changes the set")))
+    }
+
+    /// Merges `incoming` (a whole set from a coordinator, a read repair, a
+    /// handoff or anti-entropy) into the key's set. Returns the set after
+    /// the merge, durable under the store's sync policy: a replica
+    /// acknowledges only what it would still have after a crash.
+    pub async fn merge(
+        &self,
+        partition: u32,
+        key: &[u8],
+        incoming: &SiblingSet,
     ) -> Result<SiblingSet, ReplicaError> {
-        let (set, commit) = {
+        let merged = self
+            .update(partition, key, |set| {
+                let before = set.clone();
+                set.merge(incoming);
+                if set.len() > VERSIONS_MAX {
+                    // Stored, the set could never be decoded again.
+                    return Err(ReplicaError::Clock(
+                        holdfast_net::siblings::WriteError::TooManySiblings {
+                            siblings: set.len(),
+                            max: VERSIONS_MAX,
+                        },
+                    ));
+                }
+                // Re-delivered state changes nothing and needs no write.
+                Ok((*set != before).then_some(()))
+            })
+            .await?;
+        Ok(merged.0)
+    }
+
+    /// Read-modify-write of one key under its latch: `change` edits the
+    /// newest set (queued or durable) and returns `Some` if it changed it,
+    /// which is then queued in the store and waited for. Returns the set
+    /// and what `change` returned.
+    async fn update<T>(
+        &self,
+        partition: u32,
+        key: &[u8],
+        change: impl FnOnce(&mut SiblingSet) -> Result<Option<T>, ReplicaError>,
+    ) -> Result<(SiblingSet, Option<T>), ReplicaError> {
+        let (set, outcome, commit) = {
             let _latch = self.latch(partition, key).await;
             let queued =
                 self.pending.borrow().get(&(partition, key.into())).map(|(set, _)| set.clone());
+            let in_flight = queued.is_some();
             let mut set = match queued {
                 Some(set) => set,
                 // No write of the key is in flight: the store has the newest.
                 None => self.read(partition, key).await?,
             };
-            set.write(self.actor, context, value)?;
-            let commit = self.store.enqueue_put(partition, key, &set.encode())?;
-            let mut pending = self.pending.borrow_mut();
-            let entry = pending.entry((partition, key.into())).or_insert_with(|| (set.clone(), 0));
-            entry.0.clone_from(&set);
-            entry.1 += 1;
-            (set, commit)
+            match change(&mut set)? {
+                Some(outcome) => {
+                    let commit = self.store.enqueue_put(partition, key, &set.encode())?;
+                    let mut pending = self.pending.borrow_mut();
+                    let entry =
+                        pending.entry((partition, key.into())).or_insert_with(|| (set.clone(), 0));
+                    entry.0.clone_from(&set);
+                    entry.1 += 1;
+                    (set, Some(outcome), Some(commit))
+                }
+                // Unchanged and durable: nothing to wait for.
+                None if !in_flight => return Ok((set, None)),
+                // Unchanged, but what it equals is still on its way to the
+                // disk: wait for that by queueing the same set again.
+                None => {
+                    let commit = self.store.enqueue_put(partition, key, &set.encode())?;
+                    let mut pending = self.pending.borrow_mut();
+                    if let Some(entry) = pending.get_mut(&(partition, key.into())) {
+                        entry.1 += 1;
+                    }
+                    (set, None, Some(commit))
+                }
+            }
         };
-        let outcome = commit.wait().await;
+        let Some(commit) = commit else { return Ok((set, outcome)) };
+        let result = commit.wait().await;
         if let Entry::Occupied(mut entry) = self.pending.borrow_mut().entry((partition, key.into()))
         {
             entry.get_mut().1 -= 1;
@@ -133,8 +221,8 @@ impl<D: Disk> Replica<D> {
                 entry.remove();
             }
         }
-        outcome?;
-        Ok(set)
+        result?;
+        Ok((set, outcome))
     }
 
     /// Waits until no other write of `key` is in progress on this shard.
@@ -229,10 +317,10 @@ mod tests {
             replica.write(0, b"k", &empty, Some(b"b".to_vec())).await.unwrap();
             let read = replica.read(0, b"k").await.unwrap();
             assert_eq!(read.values().count(), 2);
-            let after =
+            let (after, _) =
                 replica.write(0, b"k", &read.context(), Some(b"ab".to_vec())).await.unwrap();
             assert_eq!(after.values().collect::<Vec<_>>(), [b"ab".as_slice()]);
-            let deleted = replica.write(0, b"k", &after.context(), None).await.unwrap();
+            let (deleted, _) = replica.write(0, b"k", &after.context(), None).await.unwrap();
             assert!(deleted.is_tombstone_only());
             assert_eq!(replica.read(0, b"k").await.unwrap().values().count(), 0);
         });

@@ -116,12 +116,22 @@ const _: () = assert!(OFFSET_RESERVED_HIGH + 4 == HEADER_BYTES);
 /// | 66   | `PUT_REPLY`     | node → client  | [`PutReply`](crate::message::PutReply)           |
 /// | 67   | `DELETE_REPLY`  | node → client  | [`DeleteReply`](crate::message::DeleteReply)     |
 /// | 68   | `PONG`          | node → client  | [`Pong`](crate::message::Pong)                   |
+/// | 5    | `RING`          | client → node  | [`RingRequest`](crate::message::RingRequest)     |
+/// | 6    | `INSPECT`       | client → node  | [`InspectRequest`](crate::message::InspectRequest) |
+/// | 69   | `RING_REPLY`    | node → client  | [`RingReply`](crate::message::RingReply)         |
+/// | 70   | `INSPECT_REPLY` | node → client  | [`InspectReply`](crate::message::InspectReply)   |
 /// | 127  | `ERROR`         | any reply      | [`ErrorReply`](crate::message::ErrorReply)       |
-/// | 128..=191 | reserved   | node → node    | requests of the cluster protocol                  |
-/// | 192..=255 | reserved   | node → node    | their replies                                     |
+/// | 129  | `REPLICA_READ`  | node → node    | [`ReplicaRead`](crate::message::ReplicaRead)     |
+/// | 130  | `REPLICA_WRITE` | node → node    | [`ReplicaWrite`](crate::message::ReplicaWrite)   |
+/// | 131  | `COORDINATE`    | node → node    | [`Coordinate`](crate::message::Coordinate)       |
+/// | 132  | `HELLO`         | node → node    | [`Hello`](crate::message::Hello)                 |
+/// | 193  | `REPLICA_READ_REPLY` | node → node | [`ReplicaReadReply`](crate::message::ReplicaReadReply) |
+/// | 194  | `REPLICA_WRITE_REPLY` | node → node | [`ReplicaWriteReply`](crate::message::ReplicaWriteReply) |
+/// | 196  | `HELLO_REPLY`   | node → node    | [`HelloReply`](crate::message::HelloReply)            |
 ///
-/// `ERROR` answers any request, client or node, in place of its reply. Kinds
-/// 0, 5..=63, 64 and 69..=126 are unassigned. A kind is a plain byte (not an enum)
+/// `ERROR` answers any request, client or node, in place of its reply; a
+/// `COORDINATE` is answered with the reply the wrapped client request gets.
+/// Other kinds are unassigned. A kind is a plain byte (not an enum)
 /// so that a frame of a kind this build does not know can still be decoded,
 /// answered `UnknownKind`, and skipped.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,8 +154,32 @@ impl Kind {
     pub const DELETE_REPLY: Kind = Kind(67);
     /// Reply to [`PING`](Self::PING).
     pub const PONG: Kind = Kind(68);
+    /// Fetch the node's ring (to route requests straight to coordinators).
+    pub const RING: Kind = Kind(5);
+    /// Read one node's local replica of a key, without coordination.
+    pub const INSPECT: Kind = Kind(6);
+    /// Reply to [`RING`](Self::RING).
+    pub const RING_REPLY: Kind = Kind(69);
+    /// Reply to [`INSPECT`](Self::INSPECT).
+    pub const INSPECT_REPLY: Kind = Kind(70);
     /// A request failed; answers any request in place of its reply.
     pub const ERROR: Kind = Kind(127);
+
+    /// Node to node: read a replica's sibling set of a key.
+    pub const REPLICA_READ: Kind = Kind(0x81);
+    /// Node to node: merge a sibling set into a replica, durably.
+    pub const REPLICA_WRITE: Kind = Kind(0x82);
+    /// Node to node: coordinate a client request that reached a node outside
+    /// the key's preference list.
+    pub const COORDINATE: Kind = Kind(0x83);
+    /// Node to node: exchange identities and rings.
+    pub const HELLO: Kind = Kind(0x84);
+    /// Reply to [`REPLICA_READ`](Self::REPLICA_READ).
+    pub const REPLICA_READ_REPLY: Kind = Kind(0xc1);
+    /// Reply to [`REPLICA_WRITE`](Self::REPLICA_WRITE).
+    pub const REPLICA_WRITE_REPLY: Kind = Kind(0xc2);
+    /// Reply to [`HELLO`](Self::HELLO).
+    pub const HELLO_REPLY: Kind = Kind(0xc4);
 
     /// The bit set in every node-to-node kind.
     pub const NODE_BIT: u8 = 0x80;
@@ -196,7 +230,18 @@ impl Kind {
             Kind::PUT_REPLY => Some("PutReply"),
             Kind::DELETE_REPLY => Some("DeleteReply"),
             Kind::PONG => Some("Pong"),
+            Kind::RING => Some("Ring"),
+            Kind::INSPECT => Some("Inspect"),
+            Kind::RING_REPLY => Some("RingReply"),
+            Kind::INSPECT_REPLY => Some("InspectReply"),
             Kind::ERROR => Some("Error"),
+            Kind::REPLICA_READ => Some("ReplicaRead"),
+            Kind::REPLICA_WRITE => Some("ReplicaWrite"),
+            Kind::COORDINATE => Some("Coordinate"),
+            Kind::HELLO => Some("Hello"),
+            Kind::REPLICA_READ_REPLY => Some("ReplicaReadReply"),
+            Kind::REPLICA_WRITE_REPLY => Some("ReplicaWriteReply"),
+            Kind::HELLO_REPLY => Some("HelloReply"),
             _ => None,
         }
     }

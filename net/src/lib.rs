@@ -86,6 +86,6 @@ pub mod message;
 pub mod ring;
 pub mod siblings;
 
-pub use client::{Client, ClientError, ClientOptions, Context, GetResult};
+pub use client::{Client, ClientError, ClientOptions, Context, GetResult, Written};
 pub use clock::{Actor, Causality, ClockDecodeError, Dot, VersionVector};
 pub use siblings::{DecodeError, DecodeLimits, SiblingSet, Version, WriteError};

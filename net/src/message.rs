@@ -31,9 +31,10 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::ser::{Positional, Writer};
 use rkyv::{Archive, Deserialize, Portable, Serialize};
 
-use crate::clock::{ClockDecodeError, VersionVector};
+use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{BODY_ALIGNMENT, Frame, HEADER_BYTES, Kind, PROTOCOL_VERSION, finish_frame};
 use crate::limits::{ERROR_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::ring::{Member, RingState};
 
 /// Read a key. Answered by [`GetReply`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -103,6 +104,9 @@ pub struct PutReply {
     /// any sibling concurrent with it), so a client can overwrite its own
     /// write without reading first.
     pub context: Vec<u8>,
+    /// The dot of the version this write created (see [`encode_dot`]): what
+    /// a later write must cover to supersede it.
+    pub dot: Vec<u8>,
 }
 
 /// A delete was acknowledged.
@@ -111,12 +115,154 @@ pub struct PutReply {
 pub struct DeleteReply {
     /// The context of the key after the delete.
     pub context: Vec<u8>,
+    /// The dot of the tombstone this delete created (see [`encode_dot`]).
+    pub dot: Vec<u8>,
 }
 
 /// The answer to a [`Ping`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Pong {}
+
+/// Ask a node for its ring. Answered by [`RingReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RingRequest {}
+
+/// A node's ring and the cluster's replication settings: enough for a
+/// client to send each request straight to a coordinator of its key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RingReply {
+    /// The id of the node that answered.
+    pub node: u64,
+    /// The ring; version 0 with no members while the node has not formed
+    /// one yet (it is still waiting for its seeds).
+    pub ring: RingState,
+    /// Replicas per key.
+    pub n: u8,
+    /// The default read quorum.
+    pub r: u8,
+    /// The default write quorum.
+    pub w: u8,
+}
+
+/// Read this node's own replica of a key, without coordination. Answered
+/// by [`InspectReply`]. For operators and tests.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct InspectRequest {
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+/// One node's replica of a key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct InspectReply {
+    /// The id of the node that answered.
+    pub node: u64,
+    /// The key's partition.
+    pub partition: u32,
+    /// Whether this node is in the key's preference list.
+    pub replica: bool,
+    /// The canonical encoding of the node's sibling set of the key
+    /// ([`SiblingSet::encode`](crate::SiblingSet::encode)), tombstones and
+    /// clocks included; empty if the node holds nothing for it.
+    pub set: Vec<u8>,
+}
+
+/// Node to node: read the replica's sibling set of a key. Answered by
+/// [`ReplicaReadReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaRead {
+    /// The key's partition, as the coordinator's ring places it.
+    pub partition: u32,
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+/// A replica's sibling set of a key.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaReadReply {
+    /// The canonical encoding of the set; empty if the replica holds
+    /// nothing for the key.
+    pub set: Vec<u8>,
+}
+
+/// Node to node: merge a sibling set into the replica's set of a key and
+/// make the result durable before answering [`ReplicaWriteReply`].
+/// Replication, read repair (and later hinted handoff and anti-entropy)
+/// all ship whole sets this way.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaWrite {
+    /// The key's partition, as the coordinator's ring places it.
+    pub partition: u32,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The canonical encoding of the set to merge (never empty).
+    pub set: Vec<u8>,
+}
+
+/// The merge was applied and is durable under the replica's sync policy.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaWriteReply {}
+
+/// Node to node: coordinate a client request (the whole frame the client
+/// sent, header included) that reached a node outside its key's
+/// preference list. Answered with the client request's own reply (or an
+/// [`ErrorReply`]) under this frame's request id. The receiver coordinates
+/// or refuses; it never forwards again, so a disagreement about the ring
+/// cannot loop.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Coordinate {
+    /// The client's request frame.
+    pub frame: Vec<u8>,
+}
+
+/// Node to node, at start and whenever a node learns of another: here is
+/// who I am and the ring I have. Answered by [`HelloReply`] with the same
+/// from the receiver.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Hello {
+    /// The sender.
+    pub member: Member,
+    /// The sender's ring (version 0 and empty if it has none yet).
+    pub ring: RingState,
+}
+
+/// The answer to a [`Hello`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HelloReply {
+    /// The receiver.
+    pub member: Member,
+    /// The receiver's ring (version 0 and empty if it has none yet).
+    pub ring: RingState,
+}
+
+/// The encoding of a dot in [`PutReply::dot`] and [`DeleteReply::dot`]: the
+/// encoded version vector that holds just that dot.
+pub fn encode_dot(dot: Dot) -> Vec<u8> {
+    std::iter::once(dot).collect::<VersionVector>().encode()
+}
+
+/// The dot [`encode_dot`] encoded, or `None` for anything else.
+pub fn decode_dot(bytes: &[u8]) -> Option<Dot> {
+    let vector = VersionVector::decode(bytes).ok()?;
+    let mut entries = vector.iter();
+    let (actor, counter) = entries.next()?;
+    if entries.next().is_some() {
+        return None;
+    }
+    Some(Dot::new(actor, counter))
+}
 
 /// A request failed; sent under the request's id in place of its reply.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -313,6 +459,17 @@ message! {
     DeleteReply => Kind::DELETE_REPLY,
     Pong => Kind::PONG,
     ErrorReply => Kind::ERROR,
+    RingRequest => Kind::RING,
+    RingReply => Kind::RING_REPLY,
+    InspectRequest => Kind::INSPECT,
+    InspectReply => Kind::INSPECT_REPLY,
+    ReplicaRead => Kind::REPLICA_READ,
+    ReplicaReadReply => Kind::REPLICA_READ_REPLY,
+    ReplicaWrite => Kind::REPLICA_WRITE,
+    ReplicaWriteReply => Kind::REPLICA_WRITE_REPLY,
+    Coordinate => Kind::COORDINATE,
+    Hello => Kind::HELLO,
+    HelloReply => Kind::HELLO_REPLY,
 }
 
 /// The only function in holdfast that reads archived bytes: rkyv's checked
@@ -532,6 +689,37 @@ pub enum Request<'a> {
     },
     /// [`Ping`].
     Ping,
+    /// [`RingRequest`].
+    Ring,
+    /// [`InspectRequest`].
+    Inspect {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// [`ReplicaRead`] (node to node).
+    ReplicaRead {
+        /// The partition the sender's ring places the key in.
+        partition: u32,
+        /// The key.
+        key: &'a [u8],
+    },
+    /// [`ReplicaWrite`] (node to node).
+    ReplicaWrite {
+        /// The partition the sender's ring places the key in.
+        partition: u32,
+        /// The key.
+        key: &'a [u8],
+        /// The encoded sibling set to merge (decoded by the replica, which
+        /// knows its limits).
+        set: &'a [u8],
+    },
+    /// [`Coordinate`] (node to node): the wrapped client frame, unchecked.
+    Coordinate {
+        /// The client's whole request frame.
+        frame: &'a [u8],
+    },
+    /// [`Hello`] (node to node).
+    Hello(Hello),
 }
 
 /// Why a node refuses a client's frame. Every variant is answered with an
@@ -615,6 +803,33 @@ impl<'a> Request<'a> {
                 frame.access::<Ping>()?;
                 Request::Ping
             }
+            Kind::RING => {
+                frame.access::<RingRequest>()?;
+                Request::Ring
+            }
+            Kind::INSPECT => {
+                let inspect = frame.access::<InspectRequest>()?;
+                Request::Inspect { key: check_key(&inspect.key, limits)? }
+            }
+            Kind::REPLICA_READ => {
+                let read = frame.access::<ReplicaRead>()?;
+                let key = check_key(&read.key, limits)?;
+                Request::ReplicaRead { partition: read.partition.to_native(), key }
+            }
+            Kind::REPLICA_WRITE => {
+                let write = frame.access::<ReplicaWrite>()?;
+                let key = check_key(&write.key, limits)?;
+                Request::ReplicaWrite {
+                    partition: write.partition.to_native(),
+                    key,
+                    set: write.set.as_slice(),
+                }
+            }
+            Kind::COORDINATE => {
+                let coordinate = frame.access::<Coordinate>()?;
+                Request::Coordinate { frame: coordinate.frame.as_slice() }
+            }
+            Kind::HELLO => Request::Hello(frame.decode::<Hello>()?),
             kind => return Err(MessageError::UnknownKind { kind }.into()),
         };
         Ok(request)
@@ -627,6 +842,12 @@ impl<'a> Request<'a> {
             Request::Put { .. } => Kind::PUT,
             Request::Delete { .. } => Kind::DELETE,
             Request::Ping => Kind::PING,
+            Request::Ring => Kind::RING,
+            Request::Inspect { .. } => Kind::INSPECT,
+            Request::ReplicaRead { .. } => Kind::REPLICA_READ,
+            Request::ReplicaWrite { .. } => Kind::REPLICA_WRITE,
+            Request::Coordinate { .. } => Kind::COORDINATE,
+            Request::Hello(_) => Kind::HELLO,
         }
     }
 }
@@ -654,6 +875,10 @@ pub enum Reply {
     Delete(DeleteReply),
     /// [`Pong`].
     Pong(Pong),
+    /// [`RingReply`].
+    Ring(RingReply),
+    /// [`InspectReply`].
+    Inspect(InspectReply),
     /// [`ErrorReply`].
     Error(ErrorReply),
 }
@@ -669,6 +894,8 @@ impl Reply {
             Kind::PUT_REPLY => Reply::Put(frame.decode()?),
             Kind::DELETE_REPLY => Reply::Delete(frame.decode()?),
             Kind::PONG => Reply::Pong(frame.decode()?),
+            Kind::RING_REPLY => Reply::Ring(frame.decode()?),
+            Kind::INSPECT_REPLY => Reply::Inspect(frame.decode()?),
             Kind::ERROR => Reply::Error(frame.decode()?),
             kind => return Err(MessageError::UnknownKind { kind }),
         })
@@ -681,6 +908,8 @@ impl Reply {
             Reply::Put(_) => Kind::PUT_REPLY,
             Reply::Delete(_) => Kind::DELETE_REPLY,
             Reply::Pong(_) => Kind::PONG,
+            Reply::Ring(_) => Kind::RING_REPLY,
+            Reply::Inspect(_) => Kind::INSPECT_REPLY,
             Reply::Error(_) => Kind::ERROR,
         }
     }

@@ -110,7 +110,7 @@ fn put_get_delete_over_tcp() {
     let client = Client::connect(&[node.addr], options()).expect("connect");
     assert!(client.ping().expect("pong") < Duration::from_secs(5));
 
-    let context = client.put(b"greeting", b"hello", None).expect("put");
+    let context = client.put(b"greeting", b"hello", None).expect("put").context;
     let read = client.get(b"greeting").expect("get");
     assert_eq!(read.values, [b"hello".to_vec()]);
     assert_eq!(read.context, context, "the put's context covers what a read sees");
@@ -168,7 +168,7 @@ fn concurrent_writers_see_their_siblings() {
     }
     let read = client.get(b"shared").expect("get");
     assert_eq!(read.values.len(), 4, "no write was lost: {:?}", read.values);
-    let context = client.put(b"shared", b"merged", Some(&read.context)).expect("resolve");
+    let context = client.put(b"shared", b"merged", Some(&read.context)).expect("resolve").context;
     assert_eq!(client.get(b"shared").expect("get").values, [b"merged".to_vec()]);
     assert_eq!(client.get(b"shared").expect("get").context, context);
 }

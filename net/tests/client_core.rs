@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_net::client::{
     ClientCore, ClientError, Completion, Context, CoreOptions, ReadOptions, RequestId, Response,
-    WriteOptions,
+    WriteOptions, Written,
 };
 use holdfast_net::frame::{Frame, FrameError, Kind, encode_frame};
 use holdfast_net::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -60,7 +60,9 @@ fn put_get_delete_round_trip_with_contexts() {
 
     let id = core.start_put(now, b"k", b"v1", None, WriteOptions { w: 2 }).expect("started");
     exchange(&mut core, &mut node);
-    let Ok(Response::Put(context)) = only(&mut core, id) else { panic!("a put reply") };
+    let Ok(Response::Put(Written { context, .. })) = only(&mut core, id) else {
+        panic!("a put reply")
+    };
 
     // The put's context lets the client overwrite its own write.
     let id = core.start_put(now, b"k", b"v2", Some(&context), WriteOptions::default()).unwrap();
@@ -290,7 +292,9 @@ fn contexts_survive_a_trip_through_bytes() {
     let (mut core, mut node) = (core(8), FakeNode::default());
     let id = core.start_put(now, b"k", b"v", None, WriteOptions::default()).unwrap();
     exchange(&mut core, &mut node);
-    let Ok(Response::Put(context)) = only(&mut core, id) else { panic!("a put reply") };
+    let Ok(Response::Put(Written { context, .. })) = only(&mut core, id) else {
+        panic!("a put reply")
+    };
     let stored = context.as_bytes().to_vec();
     let restored = Context::from_bytes(&stored).expect("valid");
     assert_eq!(restored, context);

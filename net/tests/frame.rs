@@ -357,9 +357,9 @@ proptest! {
     ) {
         let get = GetReply { values, context: context.clone() };
         prop_assert_eq!(round_trip(&get, id, chunk), get.clone());
-        let put = PutReply { context: context.clone() };
+        let put = PutReply { context: context.clone(), dot: context.clone() };
         prop_assert_eq!(round_trip(&put, id, chunk), put.clone());
-        let delete = DeleteReply { context };
+        let delete = DeleteReply { context: context.clone(), dot: context };
         prop_assert_eq!(round_trip(&delete, id, chunk), delete.clone());
         prop_assert_eq!(round_trip(&Pong {}, id, chunk), Pong {});
         let error = ErrorReply { code, message };

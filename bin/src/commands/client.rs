@@ -69,7 +69,7 @@ pub fn put(args: PutArgs) -> Result<Outcome> {
     let context = args.context.as_deref().map(parse_context).transpose()?;
     let client = connect(&args.target)?;
     let after = client.put(args.key.as_bytes(), args.value.as_bytes(), context.as_ref())?;
-    println!("context {}", show_context(&after));
+    println!("context {}", show_context(&after.context));
     Ok(Outcome::Done)
 }
 
@@ -98,6 +98,6 @@ pub fn delete(args: DeleteArgs) -> Result<Outcome> {
     let context = parse_context(&args.context)?;
     let client = connect(&args.target)?;
     let after = client.delete(args.key.as_bytes(), &context)?;
-    println!("context {}", show_context(&after));
+    println!("context {}", show_context(&after.context));
     Ok(Outcome::Done)
 }

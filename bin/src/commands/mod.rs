@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod serve;
 pub mod torture;
+pub mod up;
 
 use std::future::Future;
 use std::time::Duration;

@@ -3,14 +3,26 @@
 //! Settings come from `--config FILE` (TOML) and then the command line,
 //! which wins. A sample file with every setting is `bin/deploy/holdfast.toml`
 //! (with a systemd unit beside it).
+//!
+//! # Cluster settings
+//!
+//! `seeds` are the other nodes' addresses (the node's own address among
+//! them is harmless: the engine skips it). N, R and W default to 3, 2 and 2,
+//! each lowered to fit a cluster smaller than that: N to the node count
+//! (this node plus its distinct seeds), R and W to N. So a node without
+//! seeds runs as a one-node cluster with N = R = W = 1 and no flags. Every
+//! node of a cluster must be given the same N, R and W; whatever was set
+//! explicitly is checked (`1 <= R, W <= N`), never adjusted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use holdfast_engine::cluster::ClusterOptions;
 use holdfast_engine::server::{self, ServerOptions};
 use holdfast_engine::store::SyncPolicy;
 use serde::Deserialize;
@@ -34,6 +46,29 @@ pub struct ServeArgs {
     /// When writes are acknowledged: always, never or interval:<ms>.
     #[arg(long)]
     pub fsync: Option<SyncPolicy>,
+    /// Pin shard i to CPU i (true or false; default true). Nodes sharing a
+    /// machine should not all pin: they would crowd the same CPUs.
+    #[arg(long)]
+    pub pin: Option<bool>,
+    /// The other nodes of the cluster, by address, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
+    pub seeds: Option<Vec<SocketAddr>>,
+    /// Replicas per key (default 3, or the node count if smaller).
+    #[arg(long, value_name = "N")]
+    pub n: Option<u8>,
+    /// Replicas that must answer a read (default 2, or N if smaller).
+    #[arg(long, value_name = "R")]
+    pub r: Option<u8>,
+    /// Replicas that must acknowledge a write (default 2, or N if smaller).
+    #[arg(long, value_name = "W")]
+    pub w: Option<u8>,
+    /// This node's share of the partitions relative to the others' (default 1).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// The failure zone (rack, availability zone) this node is in; replicas
+    /// are spread over zones. Default: none.
+    #[arg(long)]
+    pub zone: Option<String>,
 }
 
 /// The config file's settings. Every field is optional; unknown fields are
@@ -53,6 +88,14 @@ pub struct ConfigFile {
     connection_in_flight_max: Option<usize>,
     pin: Option<bool>,
     compaction_bytes_per_second: Option<u64>,
+    seeds: Option<Vec<SocketAddr>>,
+    n: Option<u8>,
+    r: Option<u8>,
+    w: Option<u8>,
+    weight: Option<u32>,
+    zone: Option<String>,
+    request_timeout_ms: Option<u64>,
+    read_repair_wait_ms: Option<u64>,
 }
 
 /// The options a node runs with, from the file and then the flags.
@@ -69,6 +112,11 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     let Some(data_dir) = args.data_dir.clone().or(file.data_dir) else {
         bail!("no data directory: pass --data-dir or set data_dir in the config file");
     };
+    // Relative to the working directory, made absolute once here: the store
+    // syncs its directories through glommio, which fails on a relative path
+    // (EBADF from the first directory sync, and the store refuses writes).
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("resolving the data directory {}", data_dir.display()))?;
     let listen = args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 7070).into());
     let mut options = ServerOptions::new(data_dir, listen);
     options.shards = args.shards.or(file.shards).unwrap_or(1);
@@ -86,11 +134,42 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     options.frame_bytes_max = file.frame_bytes_max.unwrap_or(options.frame_bytes_max);
     options.connection_in_flight_max =
         file.connection_in_flight_max.unwrap_or(options.connection_in_flight_max);
-    options.pin = file.pin.unwrap_or(options.pin);
+    options.pin = args.pin.or(file.pin).unwrap_or(options.pin);
     options.compaction_bytes_per_second =
         file.compaction_bytes_per_second.unwrap_or(options.compaction_bytes_per_second);
     if options.compaction_bytes_per_second == 0 {
         bail!("compaction_bytes_per_second must be above 0");
+    }
+
+    let mut seeds = args.seeds.clone().or(file.seeds).unwrap_or_default();
+    // A seed listed twice is one node; the order of the rest is kept.
+    let mut seen = std::collections::BTreeSet::new();
+    seeds.retain(|seed| seen.insert(*seed));
+    options.seeds = seeds;
+    options.weight = args.weight.or(file.weight).unwrap_or(options.weight);
+    if options.weight == 0 {
+        bail!("weight must be at least 1 (a node's share of the partitions)");
+    }
+    options.zone = args.zone.clone().or(file.zone).unwrap_or_default();
+
+    let others = options.seeds.iter().filter(|seed| **seed != options.listen).count();
+    let nodes = u8::try_from(others.saturating_add(1)).unwrap_or(u8::MAX);
+    let defaults = ClusterOptions::default();
+    let n = args.n.or(file.n).unwrap_or(defaults.n.min(nodes));
+    options.cluster = ClusterOptions {
+        n,
+        r: args.r.or(file.r).unwrap_or(defaults.r.min(n)),
+        w: args.w.or(file.w).unwrap_or(defaults.w.min(n)),
+        request_timeout: file
+            .request_timeout_ms
+            .map_or(defaults.request_timeout, Duration::from_millis),
+        read_repair_wait: file
+            .read_repair_wait_ms
+            .map_or(defaults.read_repair_wait, Duration::from_millis),
+    };
+    options.cluster.validate().map_err(|error| anyhow!("invalid cluster settings: {error}"))?;
+    if options.cluster.request_timeout.is_zero() {
+        bail!("request_timeout_ms must be above 0");
     }
     Ok(options)
 }
@@ -110,26 +189,162 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// `ServeArgs` as the command line gives them.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(line: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("serve").chain(line.iter().copied())).unwrap().args
+    }
+
+    fn error(line: &[&str]) -> String {
+        format!("{:#}", options(&args(line)).unwrap_err())
+    }
 
     #[test]
     fn the_sample_config_parses_and_flags_override_it() {
         let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/holdfast.toml");
-        let args = ServeArgs {
-            config: Some(sample.into()),
-            data_dir: None,
-            listen: None,
-            shards: Some(3),
-            fsync: None,
-        };
-        let options = options(&args).unwrap();
+        let options = options(&args(&[
+            "--config",
+            sample,
+            "--shards",
+            "3",
+            "--seeds",
+            "10.0.0.7:7070,10.0.0.8:7070",
+            "--r",
+            "1",
+            "--zone",
+            "rack-9",
+        ]))
+        .unwrap();
         assert_eq!(options.data_dir, PathBuf::from("/var/lib/holdfast"));
         assert_eq!(options.shards, 3, "the flag wins");
         assert_eq!(options.store.sync, SyncPolicy::Always);
         assert_eq!(options.partitions, 1024);
+        let seeds: Vec<SocketAddr> =
+            vec!["10.0.0.7:7070".parse().unwrap(), "10.0.0.8:7070".parse().unwrap()];
+        assert_eq!(options.seeds, seeds, "the flag wins");
+        assert_eq!(options.zone, "rack-9", "the flag wins");
+        assert_eq!(options.weight, 1);
+        assert_eq!(
+            options.cluster,
+            ClusterOptions {
+                n: 3,
+                r: 1,
+                w: 2,
+                request_timeout: Duration::from_millis(2000),
+                read_repair_wait: Duration::from_millis(50),
+            }
+        );
+    }
+
+    #[test]
+    fn the_sample_config_alone_gives_its_own_settings() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/holdfast.toml");
+        let options = options(&args(&["--config", sample])).unwrap();
+        // A working one-node configuration as it stands.
+        assert!(options.seeds.is_empty());
+        assert_eq!(options.zone, "");
+        assert_eq!((options.cluster.n, options.cluster.r, options.cluster.w), (1, 1, 1));
+        assert!(options.pin);
+    }
+
+    #[test]
+    fn a_node_without_seeds_is_a_one_node_cluster() {
+        let options = options(&args(&["--data-dir", "/tmp/x"])).unwrap();
+        assert!(options.seeds.is_empty());
+        assert_eq!((options.cluster.n, options.cluster.r, options.cluster.w), (1, 1, 1));
+        assert_eq!(options.listen, SocketAddr::from(([127, 0, 0, 1], 7070)));
+    }
+
+    #[test]
+    fn a_relative_data_directory_is_made_absolute() {
+        let options = options(&args(&["--data-dir", "data/node-0"])).unwrap();
+        assert_eq!(options.data_dir, std::env::current_dir().unwrap().join("data/node-0"));
+    }
+
+    #[test]
+    fn defaults_fit_the_cluster_and_the_own_address_is_not_a_node() {
+        // Two distinct others plus this node: N = 3. Its own address and a
+        // repeated seed do not count.
+        let line = [
+            "--data-dir",
+            "/tmp/x",
+            "--listen",
+            "127.0.0.1:7070",
+            "--seeds",
+            "127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:7072,127.0.0.1:7071",
+        ];
+        let three = options(&args(&line)).unwrap();
+        assert_eq!(three.seeds.len(), 3, "the repeated seed is dropped");
+        assert_eq!((three.cluster.n, three.cluster.r, three.cluster.w), (3, 2, 2));
+
+        let line = ["--data-dir", "/tmp/x", "--listen", "127.0.0.1:7070"];
+        let two = options(&args(&[&line[..], &["--seeds", "127.0.0.1:7071"]].concat())).unwrap();
+        assert_eq!((two.cluster.n, two.cluster.r, two.cluster.w), (2, 2, 2));
+        // An explicit N is kept, and R and W follow it down.
+        let one = options(&args(&[&line[..], &["--seeds", "127.0.0.1:7071", "--n", "1"]].concat()))
+            .unwrap();
+        assert_eq!((one.cluster.n, one.cluster.r, one.cluster.w), (1, 1, 1));
+    }
+
+    #[test]
+    fn impossible_quorums_and_a_zero_weight_are_refused() {
+        let base = ["--data-dir", "/tmp/x"];
+        let with = |extra: &[&str]| error(&[&base[..], extra].concat());
+        assert!(with(&["--n", "0"]).contains("n (replicas per key) must be at least 1"));
+        assert!(with(&["--n", "3", "--r", "4"]).contains("r must be in 1..=3, not 4"));
+        // Without seeds N is 1, so W = 2 cannot be met.
+        assert!(with(&["--w", "2"]).contains("w must be in 1..=1, not 2"));
+        assert!(with(&["--n", "3", "--w", "0"]).contains("w must be in 1..=3, not 0"));
+        assert!(with(&["--weight", "0"]).contains("weight must be at least 1"));
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_and_zero_timeouts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let path_text = path.to_str().unwrap();
+        std::fs::write(
+            &path,
+            concat!(
+                "data_dir = \"/tmp/x\"\n",
+                "seeds = [\"127.0.0.1:7071\", \"127.0.0.1:7072\"]\n",
+                "n = 3\nr = 3\nw = 1\nweight = 4\nzone = \"eu-1a\"\n",
+                "request_timeout_ms = 750\nread_repair_wait_ms = 0\n",
+            ),
+        )
+        .unwrap();
+        let from_file = options(&args(&["--config", path_text])).unwrap();
+        assert_eq!(from_file.seeds.len(), 2);
+        assert_eq!((from_file.weight, from_file.zone.as_str()), (4, "eu-1a"));
+        assert_eq!(
+            from_file.cluster,
+            ClusterOptions {
+                n: 3,
+                r: 3,
+                w: 1,
+                request_timeout: Duration::from_millis(750),
+                read_repair_wait: Duration::ZERO,
+            }
+        );
+        // The flags win over the file.
+        let overridden =
+            options(&args(&["--config", path_text, "--weight", "2", "--w", "3"])).unwrap();
+        assert_eq!((overridden.weight, overridden.cluster.w), (2, 3));
+
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nrequest_timeout_ms = 0\n").unwrap();
+        assert!(error(&["--config", path_text]).contains("request_timeout_ms must be above 0"));
     }
 
     #[test]
     fn a_misspelled_setting_is_refused() {
         assert!(toml::from_str::<ConfigFile>("shard = 2").is_err());
+        assert!(toml::from_str::<ConfigFile>("seed = [\"127.0.0.1:7071\"]").is_err());
     }
 }

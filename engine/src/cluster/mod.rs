@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
+pub mod coordinator;
 pub mod history;
+pub mod sim;
 
 /// How many replicas a key has and how many must answer, cluster-wide.
 /// Requests may override R and W (never above N).

@@ -32,7 +32,9 @@
 //! flight, answers them, closes its store (which syncs and seals it) and
 //! exits.
 
+mod cluster;
 mod connection;
+mod seeds;
 mod shard;
 mod wire;
 
@@ -156,6 +158,60 @@ fn refuse_a_taken_address(addr: SocketAddr) -> Result<(), ServerError> {
     }
 }
 
+/// Gives the shards their ring: at once for a node alone or one that kept
+/// its ring from an earlier run, otherwise once every seed has answered
+/// (on a thread of its own, while the shards already serve, so that seeds
+/// starting together can answer each other).
+fn start_ring(
+    options: &ServerOptions,
+    node: u64,
+    cell: cluster::RingCell,
+    shutdown: &Arc<AtomicBool>,
+) {
+    let me = holdfast_net::ring::Member {
+        id: node,
+        addr: options.listen.to_string(),
+        weight: options.weight,
+        zone: options.zone.clone(),
+    };
+    let publish = move |ring: holdfast_net::ring::Ring| {
+        tracing::info!(
+            version = ring.version(),
+            members = ring.members().len(),
+            partitions = ring.partitions(),
+            "ring ready"
+        );
+        if let Ok(mut slot) = cell.lock() {
+            *slot = Some(Arc::new(ring));
+        }
+    };
+    let seeds: Vec<SocketAddr> =
+        options.seeds.iter().copied().filter(|seed| *seed != options.listen).collect();
+    if seeds.is_empty() {
+        match holdfast_net::ring::Ring::new(options.partitions, vec![me], 1) {
+            Ok(ring) => publish(ring),
+            Err(error) => tracing::error!(%error, "a one-node ring could not be made"),
+        }
+        return;
+    }
+    if let Some(ring) = seeds::load(&options.data_dir, node) {
+        publish(ring);
+        return;
+    }
+    let (dir, partitions, shutdown) =
+        (options.data_dir.clone(), options.partitions, shutdown.clone());
+    let spawned = std::thread::Builder::new().name("ring-formation".into()).spawn(move || {
+        let Some(ring) = seeds::form(&me, &seeds, partitions, &shutdown) else { return };
+        if let Err(error) = seeds::persist(&dir, &ring) {
+            tracing::error!(%error, "the ring could not be persisted; it is formed again at restart");
+        }
+        publish(ring);
+    });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "the ring-formation thread could not start");
+    }
+}
+
 /// What a node reports once it stopped.
 #[derive(Debug, Clone, Default)]
 pub struct ServerReport {
@@ -175,6 +231,11 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
     let _lock = lock_data_dir(&options.data_dir)?;
     refuse_a_taken_address(options.listen)?;
     let fresh = !options.data_dir.join("node.id").exists();
+    options.cluster.validate().map_err(ServerError::Options)?;
+    if options.weight == 0 {
+        return Err(ServerError::Options("weight must be at least 1".into()));
+    }
+    let ring: cluster::RingCell = Arc::new(std::sync::Mutex::new(None));
 
     let shards = options.shards as usize;
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
@@ -198,6 +259,7 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
             recovered: recovered_tx.clone(),
             actor: actor_rx,
             shutdown: shutdown.clone(),
+            ring: ring.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{shard}"))
@@ -244,6 +306,7 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
     for tx in actor_txs {
         let _ = tx.send(actor);
     }
+    start_ring(&options, identity.node, ring, &shutdown);
     let mut report = ServerReport { recovery, requests: 0 };
     let mut failure = None;
     for (shard, handle) in handles.into_iter().enumerate() {

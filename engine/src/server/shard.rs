@@ -17,15 +17,18 @@ use glommio::net::TcpListener;
 use glommio::{Latency, Shares};
 use holdfast_net::Actor;
 
-use holdfast_net::frame::Frame;
+use holdfast_net::frame::{Frame, Kind};
 use holdfast_net::message::{ErrorCode, Request, RequestLimits};
+use holdfast_net::ring::Member;
 
 use super::ServerOptions;
+use super::cluster::{ClusterDriver, RingCell};
 use super::wire;
+use crate::cluster::coordinator::{ClientRequest, Coordinator};
 use crate::disk::dma::DmaDisk;
 use crate::partition::Partitioner;
 use crate::replica::{Replica, ReplicaError};
-use crate::store::{RecoveryReport, Store, SyncPolicy, WriteError};
+use crate::store::{RecoveryReport, Store, SyncPolicy};
 
 /// What crosses between shards: a request frame for the shard that owns
 /// its key, and the reply frame coming back. Both exactly as they travel on
@@ -45,6 +48,8 @@ pub(crate) struct ShardContext {
     pub recovered: mpsc::Sender<(u32, Result<RecoveryReport, String>)>,
     pub actor: mpsc::Receiver<Actor>,
     pub shutdown: Arc<AtomicBool>,
+    /// The node's ring, once formed.
+    pub ring: RingCell,
 }
 
 /// A shard's state, shared by its tasks (all on one thread).
@@ -53,6 +58,8 @@ pub(crate) struct Shard {
     pub partitioner: Partitioner,
     pub options: ServerOptions,
     pub replica: Replica<DmaDisk>,
+    /// This node's coordinator on this shard, and its links to peers.
+    pub cluster: ClusterDriver,
     peers: Option<Senders<Forward>>,
     /// Requests forwarded to other shards, by token, awaiting replies.
     forwarded: RefCell<AHashMap<u64, oneshot::Sender<Vec<u8>>>>,
@@ -66,7 +73,7 @@ pub(crate) struct Shard {
 
 /// Runs a shard until shutdown. Returns the number of requests it served.
 pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
-    let ShardContext { id, partitioner, options, mesh, recovered, actor, shutdown } = context;
+    let ShardContext { id, partitioner, options, mesh, recovered, actor, shutdown, ring } = context;
     // Join the mesh before anything can fail, so that no peer waits forever
     // for a shard that gave up.
     let mesh = match mesh {
@@ -101,11 +108,13 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         Some((senders, receivers)) => (Some(senders), Some(receivers)),
         None => (None, None),
     };
+    let coordinator = Coordinator::new(actor.node, options.cluster);
     let shard = Rc::new(Shard {
         id,
         partitioner,
         options: options.clone(),
         replica: Replica::new(store, actor),
+        cluster: ClusterDriver::new(coordinator, ring),
         peers,
         forwarded: RefCell::new(AHashMap::new()),
         next_token: Cell::new(1),
@@ -124,6 +133,8 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         watcher.stopping.set();
     })
     .detach();
+
+    glommio::spawn_local(shard.clone().tick()).detach();
 
     if let Some(mut receivers) = receivers {
         for (_, stream) in receivers.streams() {
@@ -223,35 +234,138 @@ impl Shard {
                 return holdfast_net::message::encode_message(request_id, &refusal.to_reply());
             }
         };
-        let key = match &request {
-            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-                *key
+        // A request about a key is served by the shard that owns the key's
+        // partition; the frame goes there as it came.
+        // A wrapped client request is parsed here, for its key.
+        let mut coordinated = None;
+        if let Request::Coordinate { frame: wrapped } = &request {
+            match self.unwrap_coordinate(request_id, wrapped, &limits) {
+                Ok(unwrapped) => coordinated = Some(unwrapped),
+                Err(reply) => return reply,
             }
-            Request::Ping => return wire::pong(request_id),
-        };
-        let partition = self.partitioner.partition_of(key);
-        let owner = self.partitioner.shard_of(partition);
-        if owner != self.id {
-            drop(request);
-            return self.forward(owner, frame.into_bytes(), request_id).await;
         }
-        let outcome = match request {
-            Request::Get { key, .. } => {
-                self.replica.read(partition, key).await.map(|set| wire::get_reply(request_id, &set))
-            }
-            Request::Put { key, value, context, .. } => self
-                .replica
-                .write(partition, key, &context, Some(value.to_vec()))
-                .await
-                .map(|set| wire::put_reply(request_id, &set)),
-            Request::Delete { key, context, .. } => self
-                .replica
-                .write(partition, key, &context, None)
-                .await
-                .map(|set| wire::delete_reply(request_id, &set)),
-            Request::Ping => return wire::pong(request_id),
+        let key = match &request {
+            Request::Get { key, .. }
+            | Request::Put { key, .. }
+            | Request::Delete { key, .. }
+            | Request::Inspect { key }
+            | Request::ReplicaRead { key, .. }
+            | Request::ReplicaWrite { key, .. } => Some(*key),
+            Request::Coordinate { .. } => coordinated.as_ref().map(|(_, request)| request.key()),
+            Request::Ping | Request::Ring | Request::Hello(_) => None,
         };
-        outcome.unwrap_or_else(|error| error_reply(request_id, &error))
+        let partition = key.map(|key| self.partitioner.partition_of(key));
+        if let Some(partition) = partition {
+            let owner = self.partitioner.shard_of(partition);
+            if owner != self.id {
+                drop(request);
+                return self.forward(owner, frame.into_bytes(), request_id).await;
+            }
+        }
+        let partition = partition.unwrap_or(0);
+        match request {
+            Request::Get { key, r } => {
+                let request = ClientRequest::Get { key: key.to_vec(), r };
+                wire::client_reply(request_id, Kind::GET, self.coordinate(request, false).await)
+            }
+            Request::Put { key, value, context, w } => {
+                let value = Some(value.to_vec());
+                let request = ClientRequest::Put { key: key.to_vec(), value, context, w };
+                wire::client_reply(request_id, Kind::PUT, self.coordinate(request, false).await)
+            }
+            Request::Delete { key, context, w } => {
+                let request = ClientRequest::Put { key: key.to_vec(), value: None, context, w };
+                wire::client_reply(request_id, Kind::DELETE, self.coordinate(request, false).await)
+            }
+            Request::Coordinate { .. } => {
+                let Some((kind, request)) = coordinated else { unreachable!("unwrapped above") };
+                wire::client_reply(request_id, kind, self.coordinate(request, true).await)
+            }
+            Request::ReplicaRead { partition: theirs, key } => {
+                if theirs != partition {
+                    return wire::partition_mismatch(request_id, theirs, partition);
+                }
+                match self.replica.read(partition, key).await {
+                    Ok(set) => wire::replica_read_reply(request_id, &set),
+                    Err(error) => error_reply(request_id, &error),
+                }
+            }
+            Request::ReplicaWrite { partition: theirs, key, set } => {
+                if theirs != partition {
+                    return wire::partition_mismatch(request_id, theirs, partition);
+                }
+                let set = match super::cluster::decode_set(set, self.replica.limits()) {
+                    Ok(set) if !set.is_empty() => set,
+                    Ok(_) => return wire::error(request_id, ErrorCode::BadRequest, "an empty set"),
+                    Err(why) => return wire::error(request_id, ErrorCode::BadRequest, &why),
+                };
+                match self.replica.merge(partition, key, &set).await {
+                    Ok(_) => wire::replica_write_reply(request_id),
+                    Err(error) => error_reply(request_id, &error),
+                }
+            }
+            Request::Inspect { key } => match self.replica.read(partition, key).await {
+                Ok(set) => {
+                    let node = self.replica.actor().node;
+                    let replica = self.cluster.replicas(partition).contains(&node);
+                    wire::inspect_reply(request_id, node, partition, replica, &set)
+                }
+                Err(error) => error_reply(request_id, &error),
+            },
+            Request::Ring => {
+                let ring = self.cluster.ring();
+                wire::ring_reply(
+                    request_id,
+                    self.replica.actor().node,
+                    ring.as_deref(),
+                    &self.options.cluster,
+                )
+            }
+            Request::Hello(_) => {
+                let ring = self.cluster.ring();
+                wire::hello_reply(request_id, self.member(), ring.as_deref())
+            }
+            Request::Ping => wire::pong(request_id),
+        }
+    }
+
+    /// The client request a `Coordinate` wraps, and its kind; or the reply
+    /// that refuses it.
+    fn unwrap_coordinate(
+        &self,
+        request_id: u64,
+        wrapped: &[u8],
+        limits: &RequestLimits,
+    ) -> Result<(Kind, ClientRequest), Vec<u8>> {
+        let inner = Frame::from_bytes(wrapped, self.options.frame_bytes_max)
+            .map_err(|error| wire::error(request_id, ErrorCode::BadRequest, &error.to_string()))?;
+        let parsed = Request::parse(&inner, limits).map_err(|refusal| {
+            holdfast_net::message::encode_message(request_id, &refusal.to_reply())
+        })?;
+        Ok(match parsed {
+            Request::Get { key, r } => (Kind::GET, ClientRequest::Get { key: key.to_vec(), r }),
+            Request::Put { key, value, context, w } => {
+                let value = Some(value.to_vec());
+                (Kind::PUT, ClientRequest::Put { key: key.to_vec(), value, context, w })
+            }
+            Request::Delete { key, context, w } => {
+                (Kind::DELETE, ClientRequest::Put { key: key.to_vec(), value: None, context, w })
+            }
+            other => {
+                let message = format!("a {} cannot be coordinated", other.kind());
+                return Err(wire::error(request_id, ErrorCode::BadRequest, &message));
+            }
+        })
+    }
+
+    /// This node as the ring knows it.
+    pub fn member(&self) -> Member {
+        Member {
+            id: self.replica.actor().node,
+            addr: self.options.listen.to_string(),
+            weight: self.options.weight,
+            zone: self.options.zone.clone(),
+        }
     }
 
     /// Sends a request frame to the shard that owns its key and waits for
@@ -313,18 +427,7 @@ impl Shard {
 
 /// The reply for a failed operation.
 fn error_reply(request_id: u64, error: &ReplicaError) -> Vec<u8> {
-    let code = match error {
-        ReplicaError::Write(WriteError::KeyTooLarge { .. }) => ErrorCode::KeyTooLarge,
-        ReplicaError::Write(WriteError::ValueTooLarge { .. }) => ErrorCode::ValueTooLarge,
-        ReplicaError::Write(WriteError::DiskFull) => ErrorCode::DiskFull,
-        ReplicaError::Write(WriteError::Closed) => ErrorCode::ShuttingDown,
-        ReplicaError::Clock(holdfast_net::siblings::WriteError::TooManySiblings { .. }) => {
-            ErrorCode::TooManySiblings
-        }
-        ReplicaError::Clock(_) => ErrorCode::BadContext,
-        _ => ErrorCode::Internal,
-    };
-    wire::error(request_id, code, &error.to_string())
+    wire::error(request_id, error.code(), &error.to_string())
 }
 
 /// A flag tasks can wait on: set once, never cleared.

@@ -60,7 +60,7 @@ fn outcome(completion: Completion) -> Outcome {
                 Outcome::Found { context }
             }
         }
-        Ok(Response::Put(context)) => Outcome::Written { context: context.into_bytes() },
+        Ok(Response::Put(written)) => Outcome::Written { context: written.context.into_bytes() },
         Ok(other) => Outcome::Failed { message: format!("unexpected response {other:?}") },
         Err(error) => Outcome::Failed { message: error.to_string() },
     }
@@ -128,9 +128,9 @@ mod tests {
     use holdfast_net::frame::FrameDecoder;
     use holdfast_net::message::{
         ErrorCode, ErrorReply, GetReply, PutReply, Request as NodeRequest, RequestLimits,
-        encode_message_into,
+        encode_dot, encode_message_into,
     };
-    use holdfast_net::{Actor, VersionVector};
+    use holdfast_net::{Actor, Dot, VersionVector};
 
     use super::*;
     use crate::connection::{ConnectionCore, ConnectionOptions, SharedContexts, Status};
@@ -199,7 +199,10 @@ mod tests {
                             self.puts_with_current_context += 1;
                         }
                         *entry = (value.to_vec(), entry.1 + 1);
-                        let put = PutReply { context: Self::context(entry.1) };
+                        let put = PutReply {
+                            context: Self::context(entry.1),
+                            dot: encode_dot(Dot::new(Actor::new(1, 0), entry.1)),
+                        };
                         encode_message_into(&mut reply, id, &put);
                     }
                     other => panic!("unexpected request {other:?}"),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     ClientCore, ClientError, Context, CoreOptions, GetResult, ReadOptions, RequestId, Response,
-    WriteOptions,
+    WriteOptions, Written,
 };
 use crate::limits::{IN_FLIGHT_MAX_DEFAULT, REPLY_FRAME_BYTES_MAX_DEFAULT};
 
@@ -240,13 +240,13 @@ impl Client {
     }
 
     /// Writes `value` to `key`, superseding what `context` covers, and
-    /// returns the key's context after the write.
+    /// returns the key's context after the write and the new version's dot.
     pub fn put(
         &self,
         key: &[u8],
         value: &[u8],
         context: Option<&Context>,
-    ) -> Result<Context, ClientError> {
+    ) -> Result<Written, ClientError> {
         self.put_with(key, value, context, WriteOptions::default())
     }
 
@@ -257,7 +257,7 @@ impl Client {
         value: &[u8],
         context: Option<&Context>,
         options: WriteOptions,
-    ) -> Result<Context, ClientError> {
+    ) -> Result<Written, ClientError> {
         let operation = Operation::Put {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -265,14 +265,14 @@ impl Client {
             options,
         };
         match self.call(&operation)? {
-            Response::Put(context) => Ok(context),
+            Response::Put(written) => Ok(written),
             other => unreachable!("a put completed as {other:?}"),
         }
     }
 
     /// Deletes `key`, superseding what `context` covers, and returns the
-    /// key's context after the delete.
-    pub fn delete(&self, key: &[u8], context: &Context) -> Result<Context, ClientError> {
+    /// key's context after the delete and the tombstone's dot.
+    pub fn delete(&self, key: &[u8], context: &Context) -> Result<Written, ClientError> {
         self.delete_with(key, context, WriteOptions::default())
     }
 
@@ -282,10 +282,10 @@ impl Client {
         key: &[u8],
         context: &Context,
         options: WriteOptions,
-    ) -> Result<Context, ClientError> {
+    ) -> Result<Written, ClientError> {
         let operation = Operation::Delete { key: key.to_vec(), context: context.clone(), options };
         match self.call(&operation)? {
-            Response::Delete(context) => Ok(context),
+            Response::Delete(written) => Ok(written),
             other => unreachable!("a delete completed as {other:?}"),
         }
     }

@@ -28,7 +28,7 @@
 //! let client = Client::connect(&["127.0.0.1:7070"], ClientOptions::default())?;
 //!
 //! // A first write needs no context.
-//! let context = client.put(b"cart:ada", b"apples", None)?;
+//! let context = client.put(b"cart:ada", b"apples", None)?.context;
 //!
 //! // Overwriting our own write: the context from the put covers it.
 //! client.put(b"cart:ada", b"apples,pears", Some(&context))?;
@@ -40,7 +40,7 @@
 //! items.sort();
 //! items.dedup();
 //! let merged = items.join(&b","[..]);
-//! let context = client.put(b"cart:ada", &merged, Some(&read.context))?;
+//! let context = client.put(b"cart:ada", &merged, Some(&read.context))?.context;
 //!
 //! // A delete needs the context of what it deletes.
 //! client.delete(b"cart:ada", &context)?;
@@ -84,7 +84,7 @@ use std::time::Duration;
 
 pub use self::blocking::{Batch, Client, ClientOptions, Operation};
 pub use self::protocol::{ClientCore, Completion, CoreOptions, RequestId};
-use crate::clock::{ClockDecodeError, VersionVector};
+use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{FrameError, Kind};
 #[cfg(doc)]
 use crate::limits::CONTEXT_BYTES_MAX;
@@ -172,6 +172,18 @@ impl GetResult {
     }
 }
 
+/// What a write returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The key's context after the write (covering the new version and any
+    /// sibling concurrent with it): pass it to overwrite this write without
+    /// reading first.
+    pub context: Context,
+    /// The dot of the version the write created. A later write supersedes
+    /// this one exactly when its context contains this dot.
+    pub dot: Dot,
+}
+
 /// Per-request read options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -191,10 +203,10 @@ pub struct WriteOptions {
 pub enum Response {
     /// A read's siblings and context.
     Get(GetResult),
-    /// A write's context afterwards.
-    Put(Context),
-    /// A delete's context afterwards.
-    Delete(Context),
+    /// A write's context afterwards and its version's dot.
+    Put(Written),
+    /// A delete's context afterwards and its tombstone's dot.
+    Delete(Written),
     /// A ping's answer.
     Pong,
 }

@@ -24,12 +24,15 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{ClientError, Context, GetResult, ReadOptions, Response, WriteOptions};
+use super::{ClientError, Context, GetResult, ReadOptions, Response, WriteOptions, Written};
 use crate::frame::{Frame, FrameDecoder, Kind};
 use crate::limits::{
     IN_FLIGHT_MAX_DEFAULT, KEY_BYTES_MAX, REPLY_FRAME_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX,
 };
-use crate::message::{DeleteRequest, GetRequest, Ping, PutRequest, Reply, encode_message_into};
+use crate::message::{
+    DeleteRequest, GetRequest, MessageError, Ping, PutRequest, Reply, decode_dot,
+    encode_message_into,
+};
 
 /// Configuration of one connection's protocol state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,11 +368,23 @@ fn complete(kind: Kind, frame: &Frame) -> Result<Response, ClientError> {
             values: reply.values,
             context: Context::from_reply(reply.context)?,
         })),
-        (Kind::PUT, Reply::Put(reply)) => Ok(Response::Put(Context::from_reply(reply.context)?)),
+        (Kind::PUT, Reply::Put(reply)) => {
+            Ok(Response::Put(written(Kind::PUT_REPLY, reply.context, &reply.dot)?))
+        }
         (Kind::DELETE, Reply::Delete(reply)) => {
-            Ok(Response::Delete(Context::from_reply(reply.context)?))
+            Ok(Response::Delete(written(Kind::DELETE_REPLY, reply.context, &reply.dot)?))
         }
         (Kind::PING, Reply::Pong(_)) => Ok(Response::Pong),
         (request, reply) => Err(ClientError::UnexpectedReply { request, reply: reply.kind() }),
     }
+}
+
+/// A write's outcome from its reply's fields.
+fn written(kind: Kind, context: Vec<u8>, dot: &[u8]) -> Result<Written, ClientError> {
+    let context = Context::from_reply(context)?;
+    let Some(dot) = decode_dot(dot) else {
+        let reason = "the dot is not one encoded dot".to_string();
+        return Err(ClientError::Reply(MessageError::Invalid { kind, reason }));
+    };
+    Ok(Written { context, dot })
 }

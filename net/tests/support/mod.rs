@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use holdfast_net::frame::{Frame, FrameDecoder};
 use holdfast_net::limits::FRAME_BYTES_MAX_DEFAULT;
 use holdfast_net::message::{
-    DeleteReply, GetReply, Pong, PutReply, Request, RequestLimits, encode_message_into,
+    DeleteReply, ErrorCode, ErrorReply, GetReply, Pong, PutReply, Request, RequestLimits,
+    encode_dot, encode_message_into,
 };
 use holdfast_net::{Actor, SiblingSet};
 
@@ -54,15 +55,23 @@ impl FakeNode {
             }
             Request::Put { key, value, context, .. } => {
                 let set = self.keys.entry(key.to_vec()).or_default();
-                set.write(self.actor, &context, Some(value.to_vec())).expect("fake writes succeed");
-                encode_message_into(out, id, &PutReply { context: set.context().encode() });
+                let dot = set
+                    .write(self.actor, &context, Some(value.to_vec()))
+                    .expect("fake writes succeed");
+                let reply = PutReply { context: set.context().encode(), dot: encode_dot(dot) };
+                encode_message_into(out, id, &reply);
             }
             Request::Delete { key, context, .. } => {
                 let set = self.keys.entry(key.to_vec()).or_default();
-                set.write(self.actor, &context, None).expect("fake writes succeed");
-                encode_message_into(out, id, &DeleteReply { context: set.context().encode() });
+                let dot = set.write(self.actor, &context, None).expect("fake writes succeed");
+                let reply = DeleteReply { context: set.context().encode(), dot: encode_dot(dot) };
+                encode_message_into(out, id, &reply);
             }
             Request::Ping => encode_message_into(out, id, &Pong {}),
+            other => {
+                let reply = ErrorReply::new(ErrorCode::UnknownKind, format!("{:?}", other.kind()));
+                encode_message_into(out, id, &reply);
+            }
         }
     }
 

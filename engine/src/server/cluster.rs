@@ -1,0 +1,472 @@
+//! A shard's side of the cluster: the glommio driver of the pure
+//! [`Coordinator`].
+//!
+//! The coordinator decides; this file carries its actions out on real
+//! things: a client's reply goes to the task awaiting it, a local
+//! operation runs on the shard's [`Replica`] (answered inline when it
+//! completes without waiting, as a cached read does), a peer request
+//! travels over this shard's TCP link to that node, and a timer lands in a
+//! sorted set that a ticker looks at every few milliseconds. Every answer
+//! goes back into the coordinator as an input, one at a time, on the
+//! shard's own thread: the coordinator is never borrowed across an await.
+//!
+//! Links: each shard keeps one connection per peer node, made on first use
+//! and made again after it breaks. Requests on it are pipelined and
+//! answered by request id; when a link breaks, every request waiting on it
+//! is answered "failed" at once, so the coordinator never waits for a
+//! timeout to learn what the kernel already told us. The peer's accepting
+//! shard routes each request to the shard that owns its key, as it does a
+//! client's.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use futures::channel::{mpsc, oneshot};
+use futures::future::{Either, select};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use glommio::net::TcpStream;
+use holdfast_net::frame::{Frame, FrameDecoder, Kind};
+use holdfast_net::limits::REPLY_FRAME_BYTES_MAX_DEFAULT;
+use holdfast_net::message::{
+    Coordinate, DeleteRequest, ErrorCode, ErrorReply, GetRequest, PutRequest, ReplicaRead,
+    ReplicaReadReply, ReplicaWrite, Reply, decode_dot, encode_message,
+};
+use holdfast_net::ring::{NodeId, Ring};
+use holdfast_net::siblings::DecodeLimits;
+use holdfast_net::{SiblingSet, VersionVector};
+
+use super::shard::Shard;
+use crate::cluster::coordinator::{
+    Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, LocalResult, OpId,
+    PeerReply, PeerRequest,
+};
+
+/// How often a shard looks for expired coordinator timers. Request
+/// timeouts are seconds and read repair waits tens of milliseconds, so a
+/// few milliseconds of lateness is noise.
+const TIMER_TICK: Duration = Duration::from_millis(5);
+/// How long connecting to a peer may take before the link gives up (and
+/// fails what waits on it).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The node's current ring, shared by its shards: written by the thread
+/// that forms (or later learns) the ring, read by each shard's watcher a
+/// few times a second. Never touched on the data path.
+pub(crate) type RingCell = Arc<Mutex<Option<Arc<Ring>>>>;
+
+/// A shard's coordinator and the state that drives it.
+pub(crate) struct ClusterDriver {
+    started: Instant,
+    coordinator: RefCell<Coordinator>,
+    /// Clients awaiting a reply, by the ref given to the coordinator.
+    clients: RefCell<AHashMap<u64, oneshot::Sender<ClientReply>>>,
+    next_client: Cell<u64>,
+    timers: RefCell<BTreeSet<(Duration, OpId)>>,
+    links: RefCell<BTreeMap<NodeId, Rc<Link>>>,
+    ring: RingCell,
+}
+
+impl ClusterDriver {
+    pub fn new(coordinator: Coordinator, ring: RingCell) -> ClusterDriver {
+        ClusterDriver {
+            started: Instant::now(),
+            coordinator: RefCell::new(coordinator),
+            clients: RefCell::new(AHashMap::new()),
+            next_client: Cell::new(1),
+            timers: RefCell::new(BTreeSet::new()),
+            links: RefCell::new(BTreeMap::new()),
+            ring,
+        }
+    }
+
+    /// The ring this shard routes by, if it has one.
+    pub fn ring(&self) -> Option<Arc<Ring>> {
+        self.coordinator.borrow().ring().cloned()
+    }
+
+    pub fn replicas(&self, partition: u32) -> Vec<NodeId> {
+        self.coordinator.borrow().replicas(partition)
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// One shard's connection to one peer node.
+struct Link {
+    node: NodeId,
+    addr: SocketAddr,
+    /// Frames to send, in order.
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    /// Requests sent and not yet answered: request id to the coordinator's
+    /// op and the kind sent.
+    waiting: RefCell<BTreeMap<u64, (OpId, Kind)>>,
+    next_id: Cell<u64>,
+}
+
+impl Shard {
+    /// Coordinates a client's request and returns the reply for it.
+    pub(crate) async fn coordinate(
+        self: &Rc<Self>,
+        request: ClientRequest,
+        forwarded: bool,
+    ) -> ClientReply {
+        let (done, reply) = oneshot::channel();
+        let id = self.cluster.next_client.get();
+        self.cluster.next_client.set(id + 1);
+        self.cluster.clients.borrow_mut().insert(id, done);
+        self.drive(Input::Client { client: ClientRef(id), request, forwarded });
+        reply.await.unwrap_or_else(|_| ClientReply::Error {
+            code: ErrorCode::Internal,
+            message: "the coordinator dropped the request".into(),
+        })
+    }
+
+    /// Feeds `input` to the coordinator and carries out what it asks,
+    /// feeding back whatever completes at once, until nothing is left.
+    pub(crate) fn drive(self: &Rc<Self>, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        let mut actions = Vec::new();
+        while let Some(input) = inputs.pop_front() {
+            let now = self.cluster.now();
+            self.cluster.coordinator.borrow_mut().handle(now, input, &mut actions);
+            for action in actions.drain(..) {
+                match action {
+                    Action::Reply { client, reply } => {
+                        if let Some(done) = self.cluster.clients.borrow_mut().remove(&client.0) {
+                            let _ = done.send(reply);
+                        }
+                    }
+                    Action::Local { op, local } => {
+                        let mut running = Box::pin(self.clone().run_local(local));
+                        // Most reads complete without waiting (the value is
+                        // cached): no task for those.
+                        let mut context = Context::from_waker(futures::task::noop_waker_ref());
+                        match running.poll_unpin(&mut context) {
+                            Poll::Ready(result) => inputs.push_back(Input::Local { op, result }),
+                            Poll::Pending => {
+                                let shard = self.clone();
+                                glommio::spawn_local(async move {
+                                    let result = running.await;
+                                    shard.drive(Input::Local { op, result });
+                                })
+                                .detach();
+                            }
+                        }
+                    }
+                    Action::Send { op, to, request } => {
+                        if let Err(reply) = self.send_peer(op, to, request) {
+                            inputs.push_back(Input::Peer { op, from: to, reply });
+                        }
+                    }
+                    Action::Timer { op, at } => {
+                        self.cluster.timers.borrow_mut().insert((at, op));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_local(self: Rc<Self>, local: LocalOp) -> LocalResult {
+        let failed = |error: crate::replica::ReplicaError| LocalResult::Failed {
+            code: error.code(),
+            message: error.to_string(),
+        };
+        let replica = &self.replica;
+        match local {
+            LocalOp::Read { partition, key } => {
+                replica.read(partition, &key).await.map_or_else(failed, LocalResult::Read)
+            }
+            LocalOp::Write { partition, key, context, value } => replica
+                .write(partition, &key, &context, value)
+                .await
+                .map_or_else(failed, |(set, dot)| LocalResult::Written { set, dot }),
+            LocalOp::Merge { partition, key, set } => replica
+                .merge(partition, &key, &set)
+                .await
+                .map_or_else(failed, |_| LocalResult::Merged),
+        }
+    }
+
+    /// Queues `request` on the link to `to`; `Err` with the failure if it
+    /// cannot even be queued.
+    fn send_peer(
+        self: &Rc<Self>,
+        op: OpId,
+        to: NodeId,
+        request: PeerRequest,
+    ) -> Result<(), PeerReply> {
+        let link = self.link(to)?;
+        let id = link.next_id.get();
+        link.next_id.set(id + 1);
+        let (kind, frame) = match request {
+            PeerRequest::Read { partition, key } => {
+                (Kind::REPLICA_READ, encode_message(id, &ReplicaRead { partition, key }))
+            }
+            PeerRequest::Write { partition, key, set } => {
+                let write = ReplicaWrite { partition, key, set: set.encode() };
+                (Kind::REPLICA_WRITE, encode_message(id, &write))
+            }
+            PeerRequest::Coordinate(request) => {
+                let frame = client_frame(&request);
+                (Kind::COORDINATE, encode_message(id, &Coordinate { frame }))
+            }
+        };
+        link.waiting.borrow_mut().insert(id, (op, kind));
+        if link.outgoing.unbounded_send(frame).is_err() {
+            link.waiting.borrow_mut().remove(&id);
+            return Err(failed("the link to the peer is gone"));
+        }
+        Ok(())
+    }
+
+    /// The link to `node`, made on first use.
+    fn link(self: &Rc<Self>, node: NodeId) -> Result<Rc<Link>, PeerReply> {
+        if let Some(link) = self.cluster.links.borrow().get(&node) {
+            return Ok(link.clone());
+        }
+        let ring = self.cluster.ring().ok_or_else(|| failed("no ring"))?;
+        let member = ring.member(node).ok_or_else(|| failed("the node is not in the ring"))?;
+        let addr: SocketAddr = member
+            .addr
+            .parse()
+            .map_err(|_| failed(&format!("the node's address {:?} is not valid", member.addr)))?;
+        let (outgoing, queued) = mpsc::unbounded();
+        let link = Rc::new(Link {
+            node,
+            addr,
+            outgoing,
+            waiting: RefCell::new(BTreeMap::new()),
+            next_id: Cell::new(1),
+        });
+        self.cluster.links.borrow_mut().insert(node, link.clone());
+        glommio::spawn_local(self.clone().run_link(link.clone(), queued)).detach();
+        Ok(link)
+    }
+
+    /// Sends what is queued for a peer, (re)connecting when there is
+    /// something to send, until the shard stops.
+    async fn run_link(
+        self: Rc<Self>,
+        link: Rc<Link>,
+        mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
+        let mut batch = Vec::new();
+        while let Some(first) = queued.next().await {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while let Ok(more) = queued.try_recv() {
+                batch.extend_from_slice(&more);
+            }
+            let connecting = std::pin::pin!(TcpStream::connect(link.addr));
+            let timeout = std::pin::pin!(glommio::timer::sleep(CONNECT_TIMEOUT));
+            let stream = match select(connecting, timeout).await {
+                Either::Left((Ok(stream), _)) => stream,
+                Either::Left((Err(error), _)) => {
+                    tracing::debug!(peer = %link.addr, %error, "connecting to a peer failed");
+                    self.fail_link(&link, &mut queued, "cannot connect to the node");
+                    continue;
+                }
+                Either::Right(_) => {
+                    self.fail_link(&link, &mut queued, "connecting to the node timed out");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (reader, mut writer) = stream.split();
+            let closed = Rc::new(super::shard::Watch::default());
+            let reading =
+                glommio::spawn_local(self.clone().read_link(link.clone(), reader, closed.clone()));
+            loop {
+                if writer.write_all(&batch).await.is_err() {
+                    break;
+                }
+                let next = std::pin::pin!(queued.next());
+                let broken = std::pin::pin!(closed.wait());
+                match select(next, broken).await {
+                    Either::Left((Some(frame), _)) => {
+                        batch.clear();
+                        batch.extend_from_slice(&frame);
+                        while let Ok(more) = queued.try_recv() {
+                            batch.extend_from_slice(&more);
+                        }
+                    }
+                    Either::Left((None, _)) => return,
+                    Either::Right(_) => break,
+                }
+            }
+            let _ = writer.close().await;
+            drop(reading);
+            self.fail_link(&link, &mut queued, "the connection to the node broke");
+        }
+    }
+
+    /// Reads a peer's replies until the connection ends.
+    async fn read_link(
+        self: Rc<Self>,
+        link: Rc<Link>,
+        mut reader: futures::io::ReadHalf<TcpStream>,
+        closed: Rc<super::shard::Watch>,
+    ) {
+        let mut decoder = FrameDecoder::new(REPLY_FRAME_BYTES_MAX_DEFAULT);
+        let mut buffer = vec![0; 64 << 10];
+        'reading: loop {
+            let count = match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(count) => count,
+            };
+            let mut input = &buffer[..count];
+            while !input.is_empty() {
+                let decoded = match decoder.decode(input) {
+                    Ok(decoded) => decoded,
+                    Err(error) => {
+                        tracing::warn!(peer = %link.addr, %error, "a peer broke the framing");
+                        break 'reading;
+                    }
+                };
+                input = &input[decoded.consumed..];
+                let Some(frame) = decoded.frame else { continue };
+                let Some((op, kind)) = link.waiting.borrow_mut().remove(&frame.request_id()) else {
+                    continue; // An answer to a request already failed.
+                };
+                let reply = peer_reply(kind, &frame, self.replica.limits());
+                self.drive(Input::Peer { op, from: link.node, reply });
+            }
+        }
+        closed.set();
+    }
+
+    /// Fails every request waiting on `link`, and drops what was queued
+    /// for it (those requests are among the failed).
+    fn fail_link(
+        self: &Rc<Self>,
+        link: &Link,
+        queued: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+        why: &str,
+    ) {
+        while queued.try_recv().is_ok() {}
+        let waiting = std::mem::take(&mut *link.waiting.borrow_mut());
+        for (_, (op, _)) in waiting {
+            self.drive(Input::Peer { op, from: link.node, reply: failed(why) });
+        }
+    }
+
+    /// Fires expired coordinator timers, and adopts a new ring when the
+    /// node has one, until the shard stops.
+    pub(crate) async fn tick(self: Rc<Self>) {
+        let mut ring_version = None;
+        while !self.stopping.is_set() {
+            glommio::timer::sleep(TIMER_TICK).await;
+            let current = self.cluster.ring.lock().ok().and_then(|ring| ring.clone());
+            if let Some(ring) = current
+                && ring_version != Some(ring.version())
+            {
+                ring_version = Some(ring.version());
+                self.cluster.coordinator.borrow_mut().set_ring(ring);
+            }
+            let now = self.cluster.now();
+            let expired: Vec<(Duration, OpId)> = {
+                let mut timers = self.cluster.timers.borrow_mut();
+                let later = timers.split_off(&(now, OpId(u64::MAX)));
+                std::mem::replace(&mut *timers, later).into_iter().collect()
+            };
+            for (_, op) in expired {
+                self.drive(Input::Timer { op });
+            }
+        }
+    }
+}
+
+/// The frame a client would have sent for `request` (what a `Coordinate`
+/// wraps).
+fn client_frame(request: &ClientRequest) -> Vec<u8> {
+    match request {
+        ClientRequest::Get { key, r } => encode_message(0, &GetRequest { key: key.clone(), r: *r }),
+        ClientRequest::Put { key, value: Some(value), context, w } => encode_message(
+            0,
+            &PutRequest {
+                key: key.clone(),
+                value: value.clone(),
+                context: context.encode(),
+                w: *w,
+            },
+        ),
+        ClientRequest::Put { key, value: None, context, w } => {
+            encode_message(0, &DeleteRequest { key: key.clone(), context: context.encode(), w: *w })
+        }
+    }
+}
+
+/// A peer's reply frame to a request of `kind`, for the coordinator.
+fn peer_reply(kind: Kind, frame: &Frame, limits: DecodeLimits) -> PeerReply {
+    if frame.kind() == Kind::ERROR && kind != Kind::COORDINATE {
+        return match frame.decode::<ErrorReply>() {
+            Ok(error) => PeerReply::Failed { code: error.error_code(), message: error.message },
+            Err(error) => failed(&error.to_string()),
+        };
+    }
+    let decoded = match kind {
+        Kind::REPLICA_READ => frame
+            .decode::<ReplicaReadReply>()
+            .map_err(|error| error.to_string())
+            .and_then(|reply| decode_set(&reply.set, limits))
+            .map(PeerReply::Read),
+        Kind::REPLICA_WRITE => frame
+            .access::<holdfast_net::message::ReplicaWriteReply>()
+            .map(|_| PeerReply::Written)
+            .map_err(|error| error.to_string()),
+        Kind::COORDINATE => {
+            Reply::decode(frame).map_err(|error| error.to_string()).and_then(coordinated)
+        }
+        other => Err(format!("no reply expected for {other}")),
+    };
+    decoded.unwrap_or_else(|why| PeerReply::Failed {
+        code: ErrorCode::Internal,
+        message: format!("a peer's reply: {why}"),
+    })
+}
+
+/// The client reply a coordinating peer sent.
+fn coordinated(reply: Reply) -> Result<PeerReply, String> {
+    let context = |bytes: &[u8]| -> Result<VersionVector, String> {
+        if bytes.is_empty() {
+            return Ok(VersionVector::new());
+        }
+        VersionVector::decode(bytes).map_err(|error| error.to_string())
+    };
+    let reply = match reply {
+        Reply::Get(get) => ClientReply::Get { values: get.values, context: context(&get.context)? },
+        Reply::Put(put) => ClientReply::Put {
+            context: context(&put.context)?,
+            dot: decode_dot(&put.dot).ok_or("a put reply without a dot")?,
+        },
+        Reply::Delete(delete) => ClientReply::Put {
+            context: context(&delete.context)?,
+            dot: decode_dot(&delete.dot).ok_or("a delete reply without a dot")?,
+        },
+        Reply::Error(error) => {
+            ClientReply::Error { code: error.error_code(), message: error.message }
+        }
+        other => return Err(format!("unexpected {}", other.kind())),
+    };
+    Ok(PeerReply::Coordinated(reply))
+}
+
+/// A set as a replica sent it: empty bytes for none.
+pub(crate) fn decode_set(bytes: &[u8], limits: DecodeLimits) -> Result<SiblingSet, String> {
+    if bytes.is_empty() {
+        return Ok(SiblingSet::new());
+    }
+    SiblingSet::decode(bytes, limits).map_err(|error| error.to_string())
+}
+
+fn failed(why: &str) -> PeerReply {
+    PeerReply::Failed { code: ErrorCode::Unavailable, message: why.into() }
+}

@@ -1,0 +1,150 @@
+//! Forming the ring from static membership: the seeds.
+//!
+//! Membership is static in this version: a node is started with the
+//! addresses of the others (`seeds`). It says hello to each (its id,
+//! address, weight and zone) and learns theirs; once it knows every seed,
+//! it computes the ring from the member set. The computation is a pure
+//! function of that set ([`Ring::new`] at version 1), so every node that
+//! knows the same members computes the same ring without further
+//! agreement. A node that answers a hello with a ring that already
+//! includes this node is taken at its word (that is how a node that lost
+//! its ring file rejoins).
+//!
+//! The ring is persisted in the data directory (`ring`, a checksummed
+//! frame), so a restarted node serves at once without waiting for its
+//! seeds. Gossip and membership changes replace this in the next version.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use holdfast_net::frame::{Frame, FrameDecoder};
+use holdfast_net::limits::REPLY_FRAME_BYTES_MAX_DEFAULT;
+use holdfast_net::message::{Hello, HelloReply, RingReply, encode_message};
+use holdfast_net::ring::{Member, Ring, RingState};
+
+/// How long to wait between rounds of hellos to seeds that did not answer.
+const RETRY: Duration = Duration::from_millis(200);
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The file the ring is kept in, in the data directory.
+pub(crate) const RING_FILE: &str = "ring";
+
+/// The ring persisted in `dir`, if there is a valid one that includes `id`.
+pub(crate) fn load(dir: &Path, id: u64) -> Option<Ring> {
+    let bytes = std::fs::read(dir.join(RING_FILE)).ok()?;
+    let ring = Frame::from_bytes(&bytes, REPLY_FRAME_BYTES_MAX_DEFAULT)
+        .ok()
+        .and_then(|frame| frame.decode::<RingReply>().ok())
+        .and_then(|reply| Ring::from_state(reply.ring).ok());
+    match ring {
+        Some(ring) if ring.contains(id) => Some(ring),
+        Some(_) => {
+            tracing::warn!("the persisted ring does not include this node; forming it again");
+            None
+        }
+        None => {
+            tracing::warn!("the persisted ring is damaged; forming it again");
+            None
+        }
+    }
+}
+
+/// Writes `ring` to `dir` durably (write to a temporary name, sync, rename,
+/// sync the directory).
+pub(crate) fn persist(dir: &Path, ring: &Ring) -> std::io::Result<()> {
+    let reply = RingReply { node: 0, ring: ring.state(), n: 0, r: 0, w: 0 };
+    let bytes = encode_message(0, &reply);
+    let temporary = dir.join(format!("{RING_FILE}.new"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, dir.join(RING_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Says hello to every seed until each has answered (or `shutdown` is
+/// set), and returns the ring: one a seed already had with this node in
+/// it, or the one computed from every member.
+pub(crate) fn form(
+    me: &Member,
+    seeds: &[SocketAddr],
+    partitions: u32,
+    shutdown: &Arc<AtomicBool>,
+) -> Option<Ring> {
+    let mut members: Vec<Member> = vec![me.clone()];
+    let mut pending: Vec<SocketAddr> = seeds.to_vec();
+    let mut attempts = 0u64;
+    while !pending.is_empty() {
+        if shutdown.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut still = Vec::new();
+        for &seed in &pending {
+            match hello(seed, me) {
+                Ok(reply) => {
+                    if reply.ring.version > 0
+                        && let Ok(ring) = Ring::from_state(reply.ring)
+                        && ring.contains(me.id)
+                    {
+                        tracing::info!(%seed, version = ring.version(), "adopted a seed's ring");
+                        return Some(ring);
+                    }
+                    if reply.member.id == me.id {
+                        tracing::warn!(%seed, "a seed has this node's id: it is this node");
+                    } else if !members.iter().any(|member| member.id == reply.member.id) {
+                        tracing::info!(%seed, node = format_args!("{:016x}", reply.member.id), "met a seed");
+                        members.push(reply.member);
+                    }
+                }
+                Err(error) => {
+                    if attempts % 25 == 0 {
+                        tracing::info!(%seed, %error, "waiting for a seed");
+                    }
+                    still.push(seed);
+                }
+            }
+        }
+        pending = still;
+        attempts += 1;
+        if !pending.is_empty() {
+            std::thread::sleep(RETRY);
+        }
+    }
+    match Ring::new(partitions, members, 1) {
+        Ok(ring) => Some(ring),
+        Err(error) => {
+            tracing::error!(%error, "the members do not make a ring");
+            None
+        }
+    }
+}
+
+/// One hello exchange over a fresh connection.
+fn hello(seed: SocketAddr, me: &Member) -> Result<HelloReply, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&seed, IO_TIMEOUT).map_err(|error| error.to_string())?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|error| error.to_string())?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|error| error.to_string())?;
+    let request = Hello { member: me.clone(), ring: RingState::default() };
+    stream.write_all(&encode_message(1, &request)).map_err(|error| error.to_string())?;
+    let mut decoder = FrameDecoder::new(REPLY_FRAME_BYTES_MAX_DEFAULT);
+    let mut buffer = vec![0; 64 << 10];
+    loop {
+        let count = stream.read(&mut buffer).map_err(|error| error.to_string())?;
+        if count == 0 {
+            return Err("the seed closed the connection".into());
+        }
+        let mut input = &buffer[..count];
+        while !input.is_empty() {
+            let decoded = decoder.decode(input).map_err(|error| error.to_string())?;
+            input = &input[decoded.consumed..];
+            if let Some(frame) = decoded.frame {
+                return frame.decode::<HelloReply>().map_err(|error| error.to_string());
+            }
+        }
+    }
+}
