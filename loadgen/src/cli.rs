@@ -23,7 +23,8 @@ pub const VALUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Debug, Parser)]
 #[command(name = "holdfast-loadgen", version, about, long_about = None)]
 pub struct Cli {
-    /// The target's address, host:port.
+    /// The target's address, host:port; for a cluster, several separated by
+    /// commas, over which the connections are spread round-robin.
     #[arg(long, required_unless_present = "ping")]
     pub addr: Option<String>,
     /// The target's protocol.

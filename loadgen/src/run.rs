@@ -296,7 +296,12 @@ async fn phase<P: Protocol + 'static>(
     contexts: Option<&SharedContexts>,
 ) -> Result<(PhaseStats, Vec<TcpStream>), RunError> {
     let missing = (config.connections as usize).saturating_sub(streams.len());
-    let connects = (0..missing).map(|_| connect(&config.addr));
+    // A cluster's nodes, comma-separated: connections are spread over
+    // them round-robin (each node coordinates what it is a replica of and
+    // forwards the rest).
+    let addrs: Vec<&str> = config.addr.split(',').map(str::trim).collect();
+    let first = streams.len();
+    let connects = (0..missing).map(|index| connect(addrs[(first + index) % addrs.len()]));
     streams.extend(futures::future::try_join_all(connects).await?);
     // Built once: the latest distribution sums `records` terms.
     let chooser = KeyChooser::new(config.distribution, config.records);

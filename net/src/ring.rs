@@ -21,25 +21,33 @@
 //!   member owns the floor or the ceiling of `Q * weight / total_weight`. A
 //!   member whose share rounds to zero still gets one partition, from the
 //!   largest quota: a member that owns nothing would only confuse operators.
-//! - Interleaving: partitions are dealt in order, each to the member most
-//!   behind its quota (smallest `(owned + 1/2) / quota`, an earliest-deadline
-//!   rule that gives round robin for equal weights and a smooth weighted
-//!   sequence otherwise), preferring members that own none of the
-//!   [`SPREAD_WINDOW`]` - 1` partitions on either side. A bounded repair pass
-//!   then swaps owners to remove the collisions left (typically at the wrap,
-//!   where `Q` is not a multiple of the member count). The goal, Riak's claim
-//!   goal, is that any [`SPREAD_WINDOW`] consecutive partitions have distinct
-//!   owners, so that a preference list of three is the next three
-//!   partitions. It cannot always be met: three equal members never divide a
-//!   power of two, so one window at the wrap repeats a member, and a member
-//!   owning over a third of the ring must own neighbours. The preference
-//!   walk skips repeats, so a miss costs a step, never a replica.
+//! - Interleaving: one walk over the partitions deals each partition that
+//!   needs an owner to a member under quota, on a schedule: a member due
+//!   `deficit` partitions gets its `k`th at `(k + phase) / deficit` of the
+//!   way through the deal, the phase staggering members of equal rates. So
+//!   equal weights deal round robin and unequal weights a smooth weighted
+//!   sequence. Within [`SPREAD_WINDOW`] partitions of the schedule the walk
+//!   prefers a member that owns none of the neighbouring partitions (the
+//!   `SPREAD_WINDOW - 1` on either side, fewer for a member owning so much
+//!   it cannot avoid them); beyond that, the schedule wins, so nobody is
+//!   starved early and crowded at the end. A bounded repair pass then swaps
+//!   owners to remove collisions left (typically at the wrap). The goal,
+//!   Riak's claim goal, is that any [`SPREAD_WINDOW`] consecutive partitions
+//!   have distinct owners, so that a preference list of three is the next
+//!   three partitions. Equal weights from four members on meet it; it cannot
+//!   always be met: three members never divide a power of two, so a window
+//!   at the wrap repeats one; a member owning over a third of the ring must
+//!   neighbour itself; and a rebalance that moves as little as possible
+//!   leaves the rest of the ring as it was. The preference walk skips
+//!   repeats, so a miss costs a step, never a replica.
 //! - Rebalancing ([`Ring::rebalance`]) keeps every partition whose owner
-//!   stays and is within its new quota. Members over quota release partitions
-//!   evenly spaced among theirs; released partitions and those of departed
-//!   members are dealt as above; the repair pass then only makes swaps that
-//!   do not move more partitions. So exactly the partitions that must move
-//!   do: those of departed members, and each member's surplus over its quota.
+//!   stays and is within its new quota. In the same walk, partitions of
+//!   departed members are dealt out, and each member over quota releases its
+//!   surplus evenly among its partitions (deferring a release to its next
+//!   partition while nobody could take this one without a collision). The
+//!   repair pass then makes only swaps that move no more partitions. So
+//!   exactly the partitions that must move do: those of departed members,
+//!   and each member's surplus over its new quota.
 //!
 //! # Preference lists
 //!
@@ -156,7 +164,7 @@ pub enum RingError {
     #[error("a ring needs at least one member")]
     NoMembers,
     /// Every member needs a partition of its own.
-    #[error("{members} members cannot share {partitions} partitions")]
+    #[error("{members} members for {partitions} partitions: every member needs a partition")]
     TooManyMembers {
         /// How many members were given.
         members: usize,
@@ -573,10 +581,11 @@ fn windows(partitions: u32, quotas: &[u32]) -> Vec<usize> {
 /// partition), but only when some member under quota can take the
 /// partition without a collision, else at its next partition; its last
 /// partitions are released whatever happens if it has no others left.
-/// A partition goes to the member under quota that is furthest behind
-/// ([`Due`]) among those that would not collide, unless someone is more
-/// than [`SPREAD_WINDOW`] partitions behind schedule: then to it, so a
-/// member that cannot avoid collisions is not left to the end.
+/// A partition goes to the member under quota that is furthest behind its
+/// schedule ([`Due`]) among those that would not collide and are not more
+/// than [`SPREAD_WINDOW`] partitions ahead of it, unless the furthest behind
+/// is more than that late: then to it, so that a member that cannot avoid
+/// collisions is not starved early and crowded at the end.
 fn deal(owners: &mut [u32], quotas: &[u32], windows: &[usize]) {
     let members = quotas.len();
     let mut owned = vec![0u32; members];
@@ -620,11 +629,11 @@ fn deal(owners: &mut [u32], quotas: &[u32], windows: &[usize]) {
             }
         }
         // Quotas sum to the partitions, so while a partition is unowned or
-        // a member over quota, someone is under quota.
-        // Everyone stays within SPREAD_WINDOW partitions of its schedule:
-        // the most overdue member is served, colliding or not, if it is
-        // further behind than that, and a member further ahead is not
-        // served early only because it would not collide.
+        // a member over quota, someone is under quota. Everyone stays within
+        // SPREAD_WINDOW partitions of its schedule: the most overdue member
+        // is served, colliding or not, if it is further behind than that,
+        // and a member further ahead is not served early only because it
+        // would not collide.
         let first = *behind.first().expect("a member under quota");
         let slack = SPREAD_WINDOW as u64;
         let mut best = (collisions(owners, partition, first.member, windows), first);

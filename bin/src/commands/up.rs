@@ -29,7 +29,8 @@
 //!   which lives as long as `up` does.
 
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -171,11 +172,22 @@ fn check_ports_free(plans: &[NodePlan]) -> Result<()> {
     for (i, plan) in plans.iter().enumerate() {
         match TcpListener::bind(plan.addr) {
             Ok(listener) => held.push(listener),
-            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => bail!(
-                "{} (node {i}'s port) is taken by another process: stop it or choose another \
-                 --base-port; no node was started",
-                plan.addr
-            ),
+            Err(error) if error.kind() == ErrorKind::AddrInUse => {
+                // Unbindable but refusing connections: nobody listens;
+                // connections a node accepted there linger in TIME_WAIT
+                // (with the node's SO_REUSEPORT, which this probe lacks).
+                // The node's own bind succeeds, and its start-up check
+                // tells the two cases apart the same way.
+                let probe = TcpStream::connect_timeout(&plan.addr, Duration::from_millis(500));
+                if probe.is_err_and(|error| error.kind() == ErrorKind::ConnectionRefused) {
+                    continue;
+                }
+                bail!(
+                    "{} (node {i}'s port) is taken by another process: stop it or choose another \
+                     --base-port; no node was started",
+                    plan.addr
+                );
+            }
             Err(error) => {
                 return Err(error).with_context(|| {
                     format!("cannot bind {} to check it is free; no node was started", plan.addr)

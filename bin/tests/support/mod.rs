@@ -14,8 +14,8 @@
 //! whole group gets SIGKILL; `serve` nodes get SIGKILL each. Every process
 //! the harness starts also gets SIGKILL from the kernel if the thread that
 //! started it ends (`PR_SET_PDEATHSIG`), which covers a test binary killed
-//! before its destructors ran; so a cluster must be used on the thread that
-//! made it.
+//! before its destructors ran; so a cluster must be started on a thread
+//! that lives as long as it does (the test's own).
 //!
 //! # Ports
 //!
@@ -24,6 +24,12 @@
 //! never handed out twice in one test binary, whose tests run in parallel.
 //! If a node still finds its port taken at start-up (another program took
 //! it in between), the cluster is started again on other ports.
+//!
+//! # Restarts
+//!
+//! A node restarts on its own port as soon as nothing listens there, even
+//! while connections it accepted from its peers linger in TIME_WAIT (its
+//! start-up check confirms a refused bind with a connect).
 //!
 //! # Logs
 //!
@@ -38,7 +44,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -59,7 +65,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// before it kills them, and this leaves it time to report.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How many times a cluster is started on fresh ports when a node finds its
+/// How long [`Cluster::restart`] waits for a node's port to be bindable.
+pub const RESTART_PORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Cluster::restart`] waits for nothing to listen on a node's port.
 /// port taken.
 const START_ATTEMPTS: usize = 3;
 
@@ -106,18 +115,35 @@ pub fn free_ports(count: u16) -> u16 {
     panic!("found no {count} consecutive free ports in {PORTS:?}");
 }
 
-/// Whether nothing listens on `addr`: a plain bind (no `SO_REUSEPORT`)
-/// fails while a node has it.
+/// Whether `addr` can be bound now by a plain bind (no `SO_REUSEPORT`), as
+/// a starting node's own check does: nothing listens on it, and no
+/// connection a node accepted there lingers in TIME_WAIT (which, since the
+/// nodes listen without `SO_REUSEADDR`, blocks the port for a minute after
+/// a node closed such a connection).
 pub fn port_is_free(addr: SocketAddr) -> bool {
     TcpListener::bind(addr).is_ok()
 }
 
-/// Waits until every address is free; false if one is still taken after
-/// `timeout`.
-pub fn wait_ports_free(addrs: &[SocketAddr], timeout: Duration) -> bool {
+/// Whether no process listens on `addr`: a connection is refused. This is
+/// what "the node is gone" means for its port; it may still not be
+/// [`port_is_free`] (TIME_WAIT).
+pub fn nobody_listens(addr: SocketAddr) -> bool {
+    matches!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)),
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Waits until `check` holds for every address; false if it still fails
+/// for one after `timeout`.
+pub fn wait_for_all(
+    addrs: &[SocketAddr],
+    check: fn(SocketAddr) -> bool,
+    timeout: Duration,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if addrs.iter().all(|addr| port_is_free(*addr)) {
+        if addrs.iter().all(|addr| check(*addr)) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -127,14 +153,30 @@ pub fn wait_ports_free(addrs: &[SocketAddr], timeout: Duration) -> bool {
     }
 }
 
-/// Whether a node answers a ping at `addr` within a short timeout.
-pub fn answers(addr: SocketAddr) -> bool {
+/// A client of `addr` that gives up quickly: for probing.
+fn probe_client(addr: SocketAddr) -> Result<Client, String> {
     let options = ClientOptions {
         timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(500),
         ..ClientOptions::default()
     };
-    Client::connect(&[addr], options).is_ok_and(|client| client.ping().is_ok())
+    Client::connect(&[addr], options).map_err(|error| format!("connect: {error}"))
+}
+
+/// Whether a node answers a ping at `addr` within a short timeout.
+pub fn answers(addr: SocketAddr) -> bool {
+    probe_client(addr).is_ok_and(|client| client.ping().is_ok())
+}
+
+/// Whether the node at `addr` serves requests: it answers a ping, and a
+/// read through it (of a key nobody writes) succeeds. A node answers pings
+/// as soon as it listens, but refuses reads and writes (`Unavailable`)
+/// until it has formed its ring with its seeds.
+pub fn serves(addr: SocketAddr) -> Result<(), String> {
+    let client = probe_client(addr)?;
+    client.ping().map_err(|error| format!("ping: {error}"))?;
+    client.get(b"holdfast-harness-probe").map_err(|error| format!("get: {error}"))?;
+    Ok(())
 }
 
 /// Whether process `pid` is gone (or a zombie nobody reaped yet, which
@@ -216,15 +258,15 @@ pub struct Cluster {
 impl Cluster {
     /// `holdfast up --nodes NODES --base-port (free) EXTRA_ARGS`, run in
     /// the cluster's temporary directory so that the nodes keep their data
-    /// in `up`'s default `./holdfast-data`; returns once every node answers
-    /// a ping. EXTRA_ARGS must not move the data or the ports.
+    /// in `up`'s default `./holdfast-data`; returns once every node
+    /// [`serves`] requests. EXTRA_ARGS must not move the data or the ports.
     pub fn up(nodes: u16, extra_args: &[&str]) -> Cluster {
         Cluster::start(nodes, extra_args, true)
     }
 
     /// `NODES` processes of `holdfast serve --data-dir (temporary)
     /// /holdfast-data/node-i --listen 127.0.0.1:(free) --seeds (the others)
-    /// --pin false EXTRA_ARGS`; returns once every node answers a ping.
+    /// --pin false EXTRA_ARGS`; returns once every node [`serves`] requests.
     pub fn serve(nodes: u16, extra_args: &[&str]) -> Cluster {
         Cluster::start(nodes, extra_args, false)
     }
@@ -305,11 +347,12 @@ impl Cluster {
         children[i] = Some(child);
     }
 
-    /// Waits until every node in `which` answers a ping, watching for a
-    /// process that exits instead.
-    fn wait_until_answering(&mut self, which: &[usize]) -> Result<(), StartFailure> {
+    /// Waits until every node in `which` [`serves`] requests, watching for
+    /// a process that exits instead.
+    fn wait_until_serving(&mut self, which: &[usize]) -> Result<(), StartFailure> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut waiting: Vec<usize> = which.to_vec();
+        let mut last_errors = Vec::new();
         loop {
             if let Some(exited) = self.an_exited_process() {
                 let log = format!("{exited}\n{}", self.logs());
@@ -319,13 +362,20 @@ impl Cluster {
                     StartFailure::Other(log)
                 });
             }
-            waiting.retain(|i| !answers(self.addrs[*i]));
+            last_errors.clear();
+            waiting.retain(|i| match serves(self.addrs[*i]) {
+                Ok(()) => false,
+                Err(error) => {
+                    last_errors.push(format!("node {i}: {error}"));
+                    true
+                }
+            });
             if waiting.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(StartFailure::Other(format!(
-                    "nodes {waiting:?} did not answer within {READY_TIMEOUT:?}\n{}",
+                    "not serving within {READY_TIMEOUT:?}: {last_errors:?}\n{}",
                     self.logs()
                 )));
             }
@@ -335,7 +385,7 @@ impl Cluster {
 
     fn wait_ready(&mut self) -> Result<(), StartFailure> {
         let all: Vec<usize> = (0..self.addrs.len()).collect();
-        self.wait_until_answering(&all)
+        self.wait_until_serving(&all)
     }
 
     /// Which started process exited, if one did (and reaps it).
@@ -461,19 +511,20 @@ impl Cluster {
         status
     }
 
-    /// Waits until node `i`'s port is free. A process's io_uring is torn
-    /// down by the kernel after the process is reaped, and with it the
-    /// sockets it still held: the port can stay taken for a moment longer.
-    fn wait_port_free(&self, i: usize) {
+    /// Waits until nothing listens on node `i`'s port. The kernel tears a
+    /// process's io_uring down after the process is reaped, and with it the
+    /// sockets the ring still held, so the listener can outlive the process
+    /// for a moment.
+    fn wait_nobody_listens(&self, i: usize) {
         assert!(
-            wait_ports_free(&self.addrs[i..=i], Duration::from_secs(10)),
-            "node {i}'s port is still taken after it exited:\n{}",
+            wait_for_all(&self.addrs[i..=i], nobody_listens, Duration::from_secs(10)),
+            "node {i}'s port is still listened on after it exited:\n{}",
             self.logs()
         );
     }
 
     /// SIGKILL to node `i`, and waits until it is gone: reaped (`serve`) or
-    /// reported by `up` as exited, and its port free.
+    /// reported by `up` as exited, and nothing listening on its port.
     pub fn kill(&mut self, i: usize) {
         match &mut self.processes {
             Processes::Serve { children } => {
@@ -491,11 +542,11 @@ impl Cluster {
                 }
             }
         }
-        self.wait_port_free(i);
+        self.wait_nobody_listens(i);
     }
 
     /// Starts node `i` again on its address and data (stopping it
-    /// gracefully first if it runs), and waits until it answers. Only for a
+    /// gracefully first if it runs), and waits until it serves. Only for a
     /// `serve` cluster: `up` does not restart nodes.
     pub fn restart(&mut self, i: usize) {
         let Processes::Serve { children } = &mut self.processes else {
@@ -514,18 +565,25 @@ impl Cluster {
                 self.logs()
             );
         }
-        self.wait_port_free(i);
+        // The node's own start-up refuses a port something listens on.
+        assert!(
+            wait_for_all(&self.addrs[i..=i], nobody_listens, RESTART_PORT_TIMEOUT),
+            "something still listens on node {i}'s port {} {RESTART_PORT_TIMEOUT:?} after the \
+             node exited\n{}",
+            self.addrs[i],
+            self.logs()
+        );
         self.spawn_node(i);
         if let Err(StartFailure::PortTaken(log) | StartFailure::Other(log)) =
-            self.wait_until_answering(&[i])
+            self.wait_until_serving(&[i])
         {
             panic!("node {i} did not restart:\n{log}");
         }
     }
 
     /// Stops every node gracefully (SIGTERM to `up`, or to each `serve`
-    /// node), asserts that each process exited 0 and that every port is
-    /// free again.
+    /// node), asserts that each process exited 0 and that nothing listens
+    /// on the cluster's ports any more.
     pub fn stop(&mut self) {
         match &mut self.processes {
             Processes::Up { child, .. } => {
@@ -556,8 +614,8 @@ impl Cluster {
             }
         }
         assert!(
-            wait_ports_free(&self.addrs, Duration::from_secs(5)),
-            "a port is still taken after the cluster stopped:\n{}",
+            wait_for_all(&self.addrs, nobody_listens, Duration::from_secs(5)),
+            "a port is still listened on after the cluster stopped:\n{}",
             self.logs()
         );
     }

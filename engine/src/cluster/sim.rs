@@ -221,6 +221,10 @@ pub struct Sim {
     sides: Vec<usize>,
     clients: Vec<SimClient>,
     history: History,
+    /// Every key a client asked about.
+    keys: std::collections::BTreeSet<Vec<u8>>,
+    /// The last error a client was answered with.
+    last_error: Option<(ErrorCode, String)>,
     /// Every finished operation's outcome, by history op.
     outcomes: BTreeMap<history::OpId, Outcome>,
     next_value: u64,
@@ -263,6 +267,8 @@ impl Sim {
             clients: (0..options.clients).map(|_| SimClient::default()).collect(),
             history: History::new(),
             outcomes: BTreeMap::new(),
+            last_error: None,
+            keys: std::collections::BTreeSet::new(),
             next_value: 0,
             stats: SimStats::default(),
             actions: Vec::new(),
@@ -285,6 +291,11 @@ impl Sim {
 
     pub fn stats(&self) -> SimStats {
         self.stats
+    }
+
+    /// The code and message of the last error a client was answered with.
+    pub fn last_error(&self) -> Option<&(ErrorCode, String)> {
+        self.last_error.as_ref()
     }
 
     pub fn ring(&self) -> &Ring {
@@ -420,6 +431,7 @@ impl Sim {
                 Call::Delete { key: key.clone(), context: context.clone() }
             }
         };
+        self.keys.insert(request.key().to_vec());
         let op = self.history.start(client as u64, call, self.now);
         assert!(self.clients[client].waiting.is_none(), "client {client} has an op in flight");
         self.clients[client].waiting = Some((op, node, request.key().to_vec()));
@@ -489,6 +501,9 @@ impl Sim {
             return; // The client gave up on it.
         }
         let key = key.clone();
+        if let ClientReply::Error { code, message } = &reply {
+            self.last_error = Some((*code, message.clone()));
+        }
         let outcome = match reply {
             ClientReply::Get { values, context } => {
                 self.clients[client].contexts.insert(key, context.clone());
@@ -710,8 +725,7 @@ impl Sim {
         }
         self.run_to_quiescence();
         let n = self.options.cluster.n.min(self.nodes.len() as u8);
-        let keys: Vec<Vec<u8>> =
-            (0..self.options.keys).map(|key| format!("key-{key}").into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = self.keys.iter().cloned().collect();
         for (index, key) in keys.iter().enumerate() {
             let node = index % self.nodes.len();
             self.call(0, node, ClientRequest::Get { key: key.clone(), r: n });

@@ -145,6 +145,12 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
 /// Fails if another process listens on `addr`. The shards bind with
 /// `SO_REUSEPORT`, which would silently share the port (and split the
 /// connections) with a leftover process; a plain bind first does not.
+///
+/// A plain bind also fails while connections that were accepted on the
+/// port linger in TIME_WAIT (they inherit the shards' `SO_REUSEPORT`, which
+/// the probe lacks), though nothing listens and the shards' own bind would
+/// succeed. So a refused bind is confirmed by connecting: only a listener
+/// accepts.
 fn refuse_a_taken_address(addr: SocketAddr) -> Result<(), ServerError> {
     match std::net::TcpListener::bind(addr) {
         Ok(probe) => {
@@ -152,7 +158,19 @@ fn refuse_a_taken_address(addr: SocketAddr) -> Result<(), ServerError> {
             Ok(())
         }
         Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(ServerError::AddressInUse(addr))
+            let probe = if addr.ip().is_unspecified() {
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+            } else {
+                addr
+            };
+            match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
+                Ok(_) => Err(ServerError::AddressInUse(addr)),
+                Err(refused) if refused.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(%addr, "the port has lingering connections but no listener");
+                    Ok(())
+                }
+                Err(_) => Err(ServerError::AddressInUse(addr)),
+            }
         }
         Err(error) => Err(ServerError::Io(error)),
     }
