@@ -65,10 +65,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// before it kills them, and this leaves it time to report.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long [`Cluster::restart`] waits for a node's port to be bindable.
+/// How long [`Cluster::restart`] waits for nothing to listen on a node's port.
 pub const RESTART_PORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long [`Cluster::restart`] waits for nothing to listen on a node's port.
+/// How many times a cluster is started on fresh ports when a node finds its
 /// port taken.
 const START_ATTEMPTS: usize = 3;
 
