@@ -18,6 +18,9 @@
 //!   `holdfast put | get | delete` send it one request each.
 //! - `holdfast up` runs a local cluster: one `holdfast serve` child process
 //!   per node, on consecutive ports (see `commands/up.rs`).
+//! - `holdfast status` prints the ring as one node sees it, with every
+//!   member's share and whether it answers now; `holdfast inspect KEY`
+//!   prints one node's own replica of a key (see `commands/cluster.rs`).
 //!
 //! Every command that touches a store runs it on one glommio executor (the
 //! store is per shard and `!Send`); nothing here spins, since the machines
@@ -28,7 +31,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | done; for `check`, the directory is clean |
-//! | 1 | `check` found corruption |
+//! | 1 | `check` found corruption; `status`: the node has not formed its ring yet |
 //! | 2 | an error stopped the command (bad arguments, a missing directory, an I/O error) |
 //! | 3 | `torture` found a value that contradicts what was acknowledged |
 
@@ -43,7 +46,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{Outcome, bench, check, client, serve, torture, up};
+use crate::commands::{Outcome, bench, check, client, cluster, serve, torture, up};
 
 // The store allocates a buffer per write and per read; mimalloc keeps those
 // allocations cheap and local to the shard's thread.
@@ -54,6 +57,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod exit_code {
     pub const CLEAN: u8 = 0;
     pub const CORRUPTION_FOUND: u8 = 1;
+    pub const NO_RING: u8 = 1;
     pub const ERROR: u8 = 2;
     pub const MISMATCH: u8 = 3;
 }
@@ -78,6 +82,13 @@ enum Command {
     Get(client::GetArgs),
     /// Deletes a key (replacing what the given context covers).
     Delete(client::DeleteArgs),
+    /// Prints the ring as one node sees it: members, their shares, whether
+    /// each answers now; with --key, the key's replicas. Exits 1 if the node
+    /// has not formed its ring yet.
+    Status(cluster::StatusArgs),
+    /// Prints the versions one node's own replica holds for a key, without
+    /// coordination.
+    Inspect(cluster::InspectArgs),
     /// Operator tools for one shard's store directory.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -110,6 +121,8 @@ fn main() -> ExitCode {
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Delete(args) => client::delete(args),
+        Command::Status(args) => cluster::status(args),
+        Command::Inspect(args) => cluster::inspect(args),
         Command::Store(StoreCommand::Check(args)) => check::run(args),
         Command::Store(StoreCommand::Bench(args)) => bench::run(args),
         Command::Store(StoreCommand::Torture(args)) => torture::run(args),
@@ -117,6 +130,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(Outcome::Done) => ExitCode::from(exit_code::CLEAN),
         Ok(Outcome::CorruptionFound) => ExitCode::from(exit_code::CORRUPTION_FOUND),
+        Ok(Outcome::NoRing) => ExitCode::from(exit_code::NO_RING),
         Err(error) if error.is::<torture::Mismatch>() => {
             eprintln!("holdfast: {error:#}");
             ExitCode::from(exit_code::MISMATCH)

@@ -258,3 +258,30 @@ fn a_second_node_refuses_a_taken_data_directory_or_address() {
     assert!(node.client().ping().is_ok());
     node.stop();
 }
+
+/// A long-lived connection keeps being served: the reader used to leave one
+/// waker clone behind per read, and glommio's 16-bit task reference count
+/// overflowed after about 32,000 reads on one connection, panicking the
+/// shard (found by the cluster benchmark, whose connections live long).
+#[test]
+fn one_connection_is_served_past_forty_thousand_reads() {
+    use std::io::Write;
+
+    use holdfast_net::message::{Ping, encode_message};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), 1);
+    let mut stream = std::net::TcpStream::connect(node.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = [0u8; 32];
+    for id in 1..=40_000u64 {
+        // One request, one reply: every ping is a read of its own.
+        stream.write_all(&encode_message(id, &Ping {})).unwrap();
+        stream
+            .read_exact(&mut reply)
+            .unwrap_or_else(|error| panic!("no pong for ping {id}: {error}"));
+        assert_eq!(u64::from_le_bytes(reply[8..16].try_into().unwrap()), id);
+    }
+    node.stop();
+}

@@ -27,9 +27,11 @@ fn put_then_get_on_each_node(cluster: &Cluster) {
         let read = stdout(&cluster.cli(i, &["get", &key]));
         assert!(read.contains(&format!("value {value}\n")), "node {i}: {read}");
     }
-    // TODO(cluster): once nodes replicate, a write through node 0 must be
-    // read back through the last node: put `shared` on node 0, then
-    // `cluster.cli(last, &["get", "shared"])` must print its value.
+    // The nodes replicate: a write through node 0 is read through the last.
+    let last = cluster.addrs().len() - 1;
+    cluster.cli(0, &["put", "shared", "from-node-0"]);
+    let read = stdout(&cluster.cli(last, &["get", "shared"]));
+    assert!(read.contains("value from-node-0\n"), "node {last}: {read}");
 }
 
 #[test]

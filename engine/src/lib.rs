@@ -1,9 +1,12 @@
 //! holdfast-engine: what runs inside a holdfast node.
 //!
-//! Today that is the per-core storage engine and the seam it touches disks
-//! through; the cluster core (ring, membership, coordinator, replica,
-//! handoff, anti-entropy), the glommio runtime that drives it and the
-//! simulator that drives it instead will join them here.
+//! - [`cluster`]: the sans-IO cluster core (the coordinator of quorum reads
+//!   and writes, the history checker) and the simulator that runs a whole
+//!   cluster from one seed. Membership, handoff and anti-entropy join it.
+//! - [`server`]: the glommio runtime that drives the same core on a real
+//!   node: one executor per core, TCP to clients and peers.
+//! - [`replica`]: a key's sibling set in a shard's store: coordinated
+//!   writes and merges of replicated sets.
 //!
 //! - [`disk`]: the one interface through which storage is touched, with two
 //!   implementations: io_uring (`O_DIRECT` glommio DMA files) and a seeded,

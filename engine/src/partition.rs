@@ -13,9 +13,9 @@
 //! definition clients and nodes share.
 
 /// The default number of partitions.
-pub const PARTITIONS_DEFAULT: u32 = 1024;
+pub const PARTITIONS_DEFAULT: u32 = holdfast_net::ring::PARTITIONS_DEFAULT;
 /// The most partitions a cluster may have.
-pub const PARTITIONS_MAX: u32 = 1 << 16;
+pub const PARTITIONS_MAX: u32 = holdfast_net::ring::PARTITIONS_MAX;
 
 /// Maps keys to partitions and partitions to shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,11 @@ use holdfast_net::client::{
 };
 use holdfast_net::frame::{Frame, FrameError, Kind, encode_frame};
 use holdfast_net::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use holdfast_net::message::{ErrorCode, ErrorReply, Pong, encode_message, encode_message_into};
+use holdfast_net::message::{
+    ErrorCode, ErrorReply, InspectReply, MessageError, Pong, RingReply, encode_message,
+    encode_message_into,
+};
+use holdfast_net::ring::{Member, Ring};
 use support::FakeNode;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -300,4 +304,115 @@ fn contexts_survive_a_trip_through_bytes() {
     assert_eq!(restored, context);
     assert_eq!(format!("{restored:?}"), "Context[n1.0:1]");
     assert!(Context::from_bytes(b"not a context").is_err());
+}
+
+fn ring_of(ids: &[u64], version: u64) -> Ring {
+    let members = ids
+        .iter()
+        .map(|&id| Member { id, addr: format!("10.0.0.{id}:7070"), weight: 1, zone: String::new() })
+        .collect();
+    Ring::new(64, members, version).expect("a valid ring")
+}
+
+#[test]
+fn a_ring_reply_arrives_as_a_validated_ring() {
+    let now = Instant::now();
+    let (mut core, mut node) = (core(8), FakeNode::default());
+    let id = core.start_ring(now).expect("started");
+    exchange(&mut core, &mut node);
+    let Ok(Response::Ring(info)) = only(&mut core, id) else { panic!("a ring reply") };
+    assert_eq!(info.ring, None, "version 0 is a node that has not formed its ring");
+    assert_eq!((info.node, info.n), (1, 3));
+
+    let ring = ring_of(&[1, 2, 3], 4);
+    node.ring = ring.state();
+    let id = core.start_ring(now).expect("started");
+    exchange(&mut core, &mut node);
+    let Ok(Response::Ring(info)) = only(&mut core, id) else { panic!("a ring reply") };
+    assert_eq!(info.ring, Some(ring));
+}
+
+#[test]
+fn a_malformed_ring_is_an_invalid_reply_and_the_connection_goes_on() {
+    let now = Instant::now();
+    let mut core = core(8);
+    let mut out_of_range = ring_of(&[1, 2], 3).state();
+    out_of_range.owners[5] = 9;
+    let mut unformed_with_members = ring_of(&[1], 1).state();
+    unformed_with_members.version = 0;
+    for state in [out_of_range, unformed_with_members] {
+        let id = core.start_ring(now).expect("started");
+        let reply = RingReply { node: 1, ring: state, n: 3, r: 2, w: 2 };
+        core.handle_input(&encode_message(id.get(), &reply)).expect("the framing is sound");
+        match only(&mut core, id) {
+            Err(ClientError::Reply(MessageError::Invalid { kind: Kind::RING_REPLY, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!core.is_closed());
+}
+
+#[test]
+fn inspect_returns_the_nodes_own_sibling_set() {
+    let now = Instant::now();
+    let (mut core, mut node) = (core(8), FakeNode::default());
+    let id = core.start_inspect(now, b"k").expect("started");
+    exchange(&mut core, &mut node);
+    let Ok(Response::Inspect(inspected)) = only(&mut core, id) else { panic!("an inspect") };
+    assert!(inspected.set.is_empty(), "empty bytes: the node holds nothing");
+    assert_eq!(inspected.node, 1);
+
+    core.start_put(now, b"k", b"a", None, WriteOptions::default()).unwrap();
+    core.start_put(now, b"k", b"b", None, WriteOptions::default()).unwrap();
+    let id = core.start_inspect(now, b"k").expect("started");
+    exchange(&mut core, &mut node);
+    let done = completions(&mut core);
+    let inspected = done.into_iter().find(|c| c.id == id).expect("inspected").result;
+    let Ok(Response::Inspect(inspected)) = inspected else { panic!("an inspect") };
+    assert_eq!(inspected.set, node.keys[&b"k"[..]]);
+    assert_eq!(inspected.set.values().collect::<Vec<_>>(), [b"a".as_slice(), b"b"]);
+
+    // Bytes that are no canonical set are refused; the connection goes on.
+    let id = core.start_inspect(now, b"k").expect("started");
+    let reply = InspectReply { node: 1, partition: 0, replica: true, set: vec![0xff; 9] };
+    core.handle_input(&encode_message(id.get(), &reply)).expect("the framing is sound");
+    match only(&mut core, id) {
+        Err(ClientError::Reply(MessageError::Invalid { kind: Kind::INSPECT_REPLY, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!core.is_closed());
+}
+
+#[test]
+fn ring_and_inspect_answered_with_the_wrong_kind_fail_only_themselves() {
+    let now = Instant::now();
+    let mut core = core(8);
+    let ring = core.start_ring(now).unwrap();
+    let inspect = core.start_inspect(now, b"k").unwrap();
+    let mut replies = encode_message(ring.get(), &Pong {});
+    let wrong = InspectReply { node: 1, partition: 0, replica: true, set: Vec::new() };
+    encode_message_into(&mut replies, inspect.get(), &RingReply::default());
+    encode_message_into(&mut replies, ring.get(), &wrong);
+    core.handle_input(&replies).expect("the framing is sound");
+    let done = completions(&mut core);
+    assert!(matches!(
+        done[0].result,
+        Err(ClientError::UnexpectedReply { request: Kind::RING, reply: Kind::PONG })
+    ));
+    assert!(matches!(
+        done[1].result,
+        Err(ClientError::UnexpectedReply { request: Kind::INSPECT, reply: Kind::RING_REPLY })
+    ));
+    assert_eq!(core.stray_replies(), 1, "the second reply to the ring request");
+}
+
+#[test]
+fn oversized_inspect_keys_are_refused_before_sending() {
+    let mut core = core(8);
+    let key = vec![0; KEY_BYTES_MAX + 1];
+    assert!(matches!(
+        core.start_inspect(Instant::now(), &key),
+        Err(ClientError::KeyTooLarge { .. })
+    ));
+    assert!(core.poll_transmit().is_none());
 }

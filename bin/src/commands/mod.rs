@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod serve;
 pub mod torture;
 pub mod up;
@@ -22,6 +23,9 @@ pub enum Outcome {
     Done,
     /// `check` found corruption: the command worked, the data did not.
     CorruptionFound,
+    /// `status` reached a node that has not formed its ring yet: the
+    /// command worked, the cluster is not ready.
+    NoRing,
 }
 
 /// Turns glommio's results into `io::Result`s, which `anyhow` can give

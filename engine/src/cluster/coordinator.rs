@@ -420,15 +420,10 @@ impl Coordinator {
         // coordinator.
         untried.reverse();
         let deadline = now + self.options.request_timeout;
-        let mut forward = ForwardOp { client, request, untried, deadline };
-        let Some(to) = forward.untried.pop() else { unreachable!("a ring has members") };
-        out.push(Action::Send {
-            op,
-            to,
-            request: PeerRequest::Coordinate(forward.request.clone()),
-        });
+        let Some(to) = untried.pop() else { unreachable!("a ring has members") };
+        out.push(Action::Send { op, to, request: PeerRequest::Coordinate(request.clone()) });
         out.push(Action::Timer { op, at: deadline });
-        forward.deadline = deadline;
+        let forward = ForwardOp { client, request, untried, deadline };
         self.operations.insert(op, Operation::Forward(forward));
     }
 

@@ -431,16 +431,25 @@ fn error_reply(request_id: u64, error: &ReplicaError) -> Vec<u8> {
 }
 
 /// A flag tasks can wait on: set once, never cleared.
+///
+/// Each waiting future keeps one slot for its waker, replaced on every
+/// poll and removed when the future is dropped. (It used to push a waker
+/// clone on every poll: a connection's reader, which waits on the shard's
+/// `stopping` beside every read, piled up one clone per read until
+/// glommio's 16-bit task reference count overflowed and the shard
+/// panicked after about 32,000 reads on one connection.)
 #[derive(Default)]
 pub(crate) struct Watch {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<AHashMap<u64, Waker>>,
+    next_slot: Cell<u64>,
 }
 
 impl Watch {
     pub fn set(&self) {
         self.set.set(true);
-        for waker in self.waiters.borrow_mut().drain(..) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for (_, waker) in waiters {
             waker.wake();
         }
     }
@@ -451,23 +460,47 @@ impl Watch {
 
     /// Completes once the flag is set.
     pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        WatchWait { watch: self }
+        WatchWait { watch: self, slot: None }
+    }
+
+    /// Futures waiting now (for tests).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
     }
 }
 
 struct WatchWait<'a> {
     watch: &'a Watch,
+    slot: Option<u64>,
 }
 
 impl Future for WatchWait<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
         if self.watch.set.get() {
             return Poll::Ready(());
         }
-        self.watch.waiters.borrow_mut().push(context.waker().clone());
+        let slot = match self.slot {
+            Some(slot) => slot,
+            None => {
+                let slot = self.watch.next_slot.get();
+                self.watch.next_slot.set(slot + 1);
+                self.slot = Some(slot);
+                slot
+            }
+        };
+        self.watch.waiters.borrow_mut().insert(slot, context.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for WatchWait<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            self.watch.waiters.borrow_mut().remove(&slot);
+        }
     }
 }
 
@@ -489,5 +522,33 @@ impl crate::store::Pace for Paced {
     fn after(&mut self, bytes: u64) -> impl Future<Output = ()> {
         let pause = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
         glommio::timer::sleep(pause)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Context;
+
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn a_watch_keeps_one_waker_per_waiting_future_however_often_it_is_polled() {
+        let watch = Watch::default();
+        let mut context = Context::from_waker(futures::task::noop_waker_ref());
+        // What a connection's reader does: a fresh wait beside every read.
+        for _ in 0..100_000 {
+            let mut waiting = std::pin::pin!(watch.wait());
+            assert!(waiting.as_mut().poll_unpin(&mut context).is_pending());
+            assert!(waiting.as_mut().poll_unpin(&mut context).is_pending());
+            assert_eq!(watch.waiting(), 1, "one slot while it waits");
+        }
+        assert_eq!(watch.waiting(), 0, "a dropped wait leaves nothing behind");
+        let mut waiting = std::pin::pin!(watch.wait());
+        assert!(waiting.as_mut().poll_unpin(&mut context).is_pending());
+        watch.set();
+        assert!(waiting.as_mut().poll_unpin(&mut context).is_ready());
+        assert!(watch.is_set());
     }
 }

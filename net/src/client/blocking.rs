@@ -1,24 +1,37 @@
 //! The blocking client: [`ClientCore`]s driven over `std::net` sockets.
 //!
-//! A [`Client`] keeps a small pool of idle connections. Each call takes one
-//! (or opens one, trying the addresses in turn), runs its requests on it, and
-//! puts it back if it is still healthy; a connection that failed is dropped,
-//! so the next call reconnects. Calls may come from many threads at once;
-//! each uses its own connection.
+//! A [`Client`] keeps a small pool of idle connections per node address.
+//! Each call takes one (or opens one), runs its requests on it, and puts it
+//! back if it is still healthy; a connection that failed is dropped, so the
+//! next call reconnects. Calls may come from many threads at once; each
+//! uses its own connection.
+//!
+//! # Routing
+//!
+//! The addresses given to [`Client::connect`] are seeds; what the client
+//! does with a ring is described in the client module's docs (`# Routing`
+//! in `client/mod.rs`), and which node a key goes to by [`Router`]. Here
+//! the mechanics: the ring lives in [`Routing`] behind a mutex, fetched by
+//! whichever call finds it due (others route by the old one meanwhile);
+//! idle connections are pooled per address ([`Pools`]), pruned to the
+//! seeds and the ring's members when a new ring arrives; a node that
+//! refused a connection is tried last for [`NODE_DOWN_FOR`].
 //!
 //! Time: the driver reads `Instant::now()` and hands it to the core, and
 //! sets the socket's read timeout to the core's next deadline, so a request
 //! times out within about a tenth of its timeout of when it should.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    ClientCore, ClientError, Context, CoreOptions, GetResult, ReadOptions, RequestId, Response,
-    WriteOptions, Written,
+    ClientCore, ClientError, Context, CoreOptions, GetResult, Inspected, ReadOptions, RequestId,
+    Response, RingInfo, Router, WriteOptions, Written,
 };
 use crate::limits::{IN_FLIGHT_MAX_DEFAULT, REPLY_FRAME_BYTES_MAX_DEFAULT};
 
@@ -29,11 +42,11 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// How long opening a connection may take, per address.
     pub connect_timeout: Duration,
-    /// The most idle connections kept for reuse. Calls running at the same
-    /// time each hold their own connection; beyond this many, connections
-    /// are closed when their call ends.
+    /// The most idle connections kept for reuse, per node address. Calls
+    /// running at the same time each hold their own connection; beyond
+    /// this many, connections are closed when their call ends.
     pub pool_size: usize,
-    /// The most requests a [`Batch`] keeps in flight on its connection.
+    /// The most requests a [`Batch`] keeps in flight on each connection.
     pub in_flight_max: usize,
     /// The largest reply frame accepted, header included.
     pub reply_frame_bytes_max: u32,
@@ -43,6 +56,14 @@ pub struct ClientOptions {
     /// a connection that died within this window fails with
     /// [`ClientError::ConnectionLost`] rather than being retried.
     pub idle_check_after: Duration,
+    /// Whether to send each read, write and delete straight to a replica of
+    /// its key, by the ring fetched from a seed (see the
+    /// [client docs](crate::client#routing)). Off, every request goes to
+    /// the seeds, which forward what they do not hold.
+    pub route_by_ring: bool,
+    /// How long a fetched ring is used before it is fetched again (on the
+    /// next request after that).
+    pub ring_refresh_interval: Duration,
 }
 
 impl Default for ClientOptions {
@@ -54,9 +75,35 @@ impl Default for ClientOptions {
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             reply_frame_bytes_max: REPLY_FRAME_BYTES_MAX_DEFAULT,
             idle_check_after: Duration::from_secs(1),
+            route_by_ring: true,
+            ring_refresh_interval: Duration::from_secs(30),
         }
     }
 }
+
+/// After a ring fetch failed, or the seed had not formed its ring, how long
+/// the client waits before fetching again. A fetch from an unreachable seed
+/// can cost a connect timeout, paid by the request that triggers it.
+const RING_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The least time between a ring fetch and one triggered by a sign that
+/// the ring changed (an unreachable replica, "not a replica"): bounds the
+/// fetches a dead node can cause while the ring still names it.
+const RING_SUSPECT_GAP: Duration = Duration::from_millis(100);
+
+/// How long a node that refused a connection is tried last among a key's
+/// replicas.
+const NODE_DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// What a node says, in an [`ErrorReply`](crate::message::ErrorReply)'s
+/// message, when a request reached it under a ring on which it is not a
+/// replica of the key (the code is `Unavailable`, which says nothing about
+/// the ring, so the message is what tells).
+const NOT_A_REPLICA: &str = "not a replica";
+
+/// The most threads a [`Batch`] spread over several nodes runs on at once,
+/// the caller's included.
+const BATCH_THREADS_MAX: usize = 8;
 
 /// One request of a [`Batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,19 +137,40 @@ pub enum Operation {
     },
     /// Ping the node.
     Ping,
+    /// Ask the node for its ring.
+    Ring,
+    /// Read the node's own replica of a key (never routed: it goes to a
+    /// seed, whose replica it reads).
+    Inspect {
+        /// The key.
+        key: Vec<u8>,
+    },
 }
 
 impl Operation {
     /// Whether sending the operation twice has the same effect as once, so
     /// that it may be retried when its connection broke.
     fn is_idempotent(&self) -> bool {
-        matches!(self, Operation::Get { .. } | Operation::Ping)
+        match self {
+            Operation::Get { .. } | Operation::Ping | Operation::Ring => true,
+            Operation::Inspect { .. } => true,
+            Operation::Put { .. } | Operation::Delete { .. } => false,
+        }
+    }
+
+    /// The key the operation is routed by, if it is routed.
+    fn routing_key(&self) -> Option<&[u8]> {
+        match self {
+            Operation::Get { key, .. } | Operation::Put { key, .. } => Some(key),
+            Operation::Delete { key, .. } => Some(key),
+            Operation::Ping | Operation::Ring | Operation::Inspect { .. } => None,
+        }
     }
 }
 
-/// Requests to pipeline on one connection: all are sent (up to
-/// [`ClientOptions::in_flight_max`] at a time) before their replies are
-/// waited for. Built up, then run by [`Client::execute`].
+/// Requests to pipeline: all are sent (up to
+/// [`ClientOptions::in_flight_max`] at a time per connection) before their
+/// replies are waited for. Built up, then run by [`Client::execute`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     operations: Vec<Operation>,
@@ -164,12 +232,50 @@ impl Batch {
 /// per process.
 #[derive(Debug)]
 pub struct Client {
-    addrs: Vec<SocketAddr>,
+    /// The addresses given, resolved.
+    seeds: Vec<SocketAddr>,
     options: ClientOptions,
-    idle: Mutex<Vec<Connection>>,
-    /// Where the next new connection starts trying addresses, so new
-    /// connections spread over the nodes.
-    next_addr: AtomicUsize,
+    pools: Mutex<Pools>,
+    /// Where the next new connection to the seeds starts trying addresses,
+    /// so new connections spread over them.
+    next_seed: AtomicUsize,
+    routing: Mutex<Routing>,
+}
+
+/// Where a connection goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// Any seed: the first that accepts, starting from a different one
+    /// each time.
+    Seeds,
+    /// That node.
+    Node(SocketAddr),
+}
+
+/// Idle connections and what the client learned about reaching nodes.
+#[derive(Debug, Default)]
+struct Pools {
+    /// At most [`ClientOptions::pool_size`] per address. Addresses are the
+    /// seeds and the current ring's members: the others are dropped when a
+    /// new ring arrives.
+    idle: BTreeMap<SocketAddr, Vec<Connection>>,
+    /// Nodes that refused a connection, and until when they are tried last.
+    /// Expired entries go on the next look, so this holds at most the
+    /// ring's addresses.
+    down_until: BTreeMap<SocketAddr, Instant>,
+}
+
+/// The ring the client routes by, and when to fetch it again.
+#[derive(Debug)]
+struct Routing {
+    router: Arc<Router>,
+    /// When the ring is next fetched (the next request at or after this
+    /// does it); `None`: never (an interval too long to represent).
+    refresh_at: Option<Instant>,
+    /// When the last fetch was attempted, and whether it gave a ring.
+    last_fetch: Option<(Instant, bool)>,
+    /// A fetch is under way: other calls route by what there is meanwhile.
+    fetching: bool,
 }
 
 /// The most request bytes queued on a connection before its replies are
@@ -180,9 +286,23 @@ const BATCH_TRANSMIT_BYTES_MAX: usize = 256 * 1024;
 /// Bytes read from the socket at a time.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// A batch's operations bound for one connection.
+#[derive(Debug)]
+struct Lane {
+    target: Target,
+    connection: Connection,
+    /// Indices into the batch, in batch order.
+    indices: Vec<usize>,
+}
+
+/// A lane run to the end: where it went, its connection (to check in) and
+/// its outcomes.
+type LaneDone = (Target, Connection, Vec<(usize, Result<Response, ClientError>)>);
+
 impl Client {
-    /// Resolves `addrs` and opens one connection, to check that the cluster
-    /// is reachable.
+    /// Resolves `addrs` (the seeds) and opens one connection, to check that
+    /// the cluster is reachable. The ring is fetched later, by the first
+    /// request that needs it.
     ///
     /// # Errors
     ///
@@ -210,20 +330,28 @@ impl Client {
                 .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address given"));
             return Err(ClientError::Connect { addrs: resolved, source });
         }
-        let client = Client {
-            addrs: resolved,
-            options,
-            idle: Mutex::new(Vec::new()),
-            next_addr: AtomicUsize::new(0),
+        let routing = Routing {
+            router: Arc::new(Router::new(resolved.clone())),
+            refresh_at: Some(Instant::now()),
+            last_fetch: None,
+            fetching: false,
         };
-        let connection = client.open()?;
+        let client = Client {
+            seeds: resolved,
+            options,
+            pools: Mutex::new(Pools::default()),
+            next_seed: AtomicUsize::new(0),
+            routing: Mutex::new(routing),
+        };
+        let connection = client.open(Target::Seeds)?;
         client.check_in(connection);
         Ok(client)
     }
 
-    /// The resolved addresses, in the order given.
+    /// The seeds: the addresses given to [`connect`](Self::connect),
+    /// resolved, in the order given.
     pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        &self.seeds
     }
 
     /// Reads `key`: its siblings and context.
@@ -290,7 +418,7 @@ impl Client {
         }
     }
 
-    /// Asks a node to answer, and returns the round trip time.
+    /// Asks a seed to answer, and returns the round trip time.
     pub fn ping(&self) -> Result<Duration, ClientError> {
         let started = Instant::now();
         match self.call(&Operation::Ping)? {
@@ -299,40 +427,179 @@ impl Client {
         }
     }
 
-    /// Runs every operation of `batch` pipelined on one connection and
-    /// returns their outcomes in the batch's order.
+    /// Asks a seed for its ring and the cluster's replication settings.
+    /// (What the client routes by is fetched on its own; this is for
+    /// callers who want to see the ring.)
+    pub fn ring(&self) -> Result<RingInfo, ClientError> {
+        match self.call(&Operation::Ring)? {
+            Response::Ring(info) => Ok(info),
+            other => unreachable!("a ring request completed as {other:?}"),
+        }
+    }
+
+    /// Reads a seed's own replica of `key`, without coordination: the
+    /// sibling set that node holds (empty if none), and whether it is a
+    /// replica of the key. Never routed: to look at one node, connect a
+    /// client to just its address.
+    pub fn inspect(&self, key: &[u8]) -> Result<Inspected, ClientError> {
+        match self.call(&Operation::Inspect { key: key.to_vec() })? {
+            Response::Inspect(inspected) => Ok(inspected),
+            other => unreachable!("an inspect completed as {other:?}"),
+        }
+    }
+
+    /// Runs every operation of `batch` pipelined and returns their outcomes
+    /// in the batch's order.
     ///
-    /// If the connection breaks, the operations in flight fail with
+    /// Without a ring (see [routing](crate::client#routing)), the batch runs
+    /// on one connection to a seed. With one, its operations are grouped by
+    /// the node each would go to alone (the first reachable node of its
+    /// key's preference list, else the seeds), each group is pipelined on
+    /// its own connection, and the groups run at the same time, on up to 8
+    /// threads (the caller's included). Replies are matched by request id
+    /// within each connection. Nothing is sent twice: an operation whose
+    /// connection failed reports it, and the caller decides.
+    ///
+    /// If a connection breaks, the operations in flight on it fail with
     /// [`ClientError::ConnectionLost`] and those not yet sent with
     /// [`ClientError::Closed`] (safe to send again).
     ///
     /// # Errors
     ///
-    /// [`ClientError::Connect`] if no connection could be had.
+    /// [`ClientError::Connect`] if some operation could get no connection
+    /// (not even to a seed); nothing was sent then.
     pub fn execute(
         &self,
         batch: &Batch,
     ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
         let operations = batch.operations();
-        let mut connection = self.check_out()?;
+        if operations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let routed = operations.iter().any(|operation| operation.routing_key().is_some());
+        let router = if routed { self.router() } else { None };
+        let lanes = self.open_lanes(operations, router.as_deref())?;
+        let done = if lanes.len() == 1 {
+            lanes.into_iter().map(|lane| self.run_lane(lane, operations)).collect()
+        } else {
+            self.run_lanes(lanes, operations)
+        };
         let mut results: Vec<Option<Result<Response, ClientError>>> =
             operations.iter().map(|_| None).collect();
-        let mut index_of: std::collections::BTreeMap<RequestId, usize> = Default::default();
-        let (mut next, mut done) = (0, 0);
-        while done < operations.len() {
+        for (target, connection, outcomes) in done {
+            let routed = matches!(target, Target::Node(_));
+            for (index, result) in outcomes {
+                if suggests_ring_changed(&result, routed) {
+                    self.ring_suspect();
+                }
+                assert!(results[index].is_none(), "operation {index} completed twice");
+                results[index] = Some(result);
+            }
+            self.check_in(connection);
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| result.expect("every operation of a batch completes"))
+            .collect())
+    }
+
+    /// Gives each operation a connection: to the first target of its key
+    /// that accepts one, else to the seeds. One connection per target.
+    fn open_lanes(
+        &self,
+        operations: &[Operation],
+        router: Option<&Router>,
+    ) -> Result<Vec<Lane>, ClientError> {
+        let down = self.down_now();
+        let mut lanes: BTreeMap<Target, Lane> = BTreeMap::new();
+        let mut unreachable: BTreeSet<SocketAddr> = BTreeSet::new();
+        for (index, operation) in operations.iter().enumerate() {
+            let targets = match (router, operation.routing_key()) {
+                (Some(router), Some(key)) => order_by_health(router.targets(key), &down),
+                _ => Vec::new(),
+            };
+            // The seeds end the list, and either take the operation or fail
+            // the batch.
+            let candidates = targets.into_iter().map(Target::Node).chain([Target::Seeds]);
+            let mut placed = false;
+            for target in candidates {
+                if matches!(target, Target::Node(addr) if unreachable.contains(&addr)) {
+                    continue;
+                }
+                if let Some(lane) = lanes.get_mut(&target) {
+                    lane.indices.push(index);
+                    placed = true;
+                    break;
+                }
+                match self.check_out(target) {
+                    Ok(connection) => {
+                        lanes.insert(target, Lane { target, connection, indices: vec![index] });
+                        placed = true;
+                        break;
+                    }
+                    Err(error) => {
+                        if let Target::Node(addr) = target {
+                            unreachable.insert(addr);
+                            self.ring_suspect();
+                            continue;
+                        }
+                        for (_, lane) in lanes {
+                            self.check_in(lane.connection);
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            assert!(placed, "operation {index} has a connection");
+        }
+        Ok(lanes.into_values().collect())
+    }
+
+    /// Runs lanes at the same time, on up to [`BATCH_THREADS_MAX`] threads
+    /// (this one included), each taking the next lane when it is done.
+    /// Lanes share nothing but the queue: each has its own connection.
+    fn run_lanes(&self, lanes: Vec<Lane>, operations: &[Operation]) -> Vec<LaneDone> {
+        let threads = lanes.len().min(BATCH_THREADS_MAX);
+        let queue = Mutex::new(lanes);
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let lane = lock(&queue).pop();
+                let Some(lane) = lane else { return done };
+                done.push(self.run_lane(lane, operations));
+            }
+        };
+        thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut done = work();
+            for helper in helpers {
+                match helper.join() {
+                    Ok(more) => done.extend(more),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            done
+        })
+    }
+
+    /// Pipelines a lane's operations on its connection.
+    fn run_lane(&self, lane: Lane, operations: &[Operation]) -> LaneDone {
+        let Lane { target, mut connection, indices } = lane;
+        let mut outcomes = Vec::with_capacity(indices.len());
+        let mut index_of: BTreeMap<RequestId, usize> = BTreeMap::new();
+        let mut next = 0;
+        while outcomes.len() < indices.len() {
             let now = Instant::now();
-            while next < operations.len()
+            while next < indices.len()
                 && connection.core.in_flight() < self.options.in_flight_max
                 && connection.core.pending_transmit().len() < BATCH_TRANSMIT_BYTES_MAX
             {
-                match connection.start(now, &operations[next]) {
+                let index = indices[next];
+                match connection.start(now, &operations[index]) {
                     Ok(id) => {
-                        index_of.insert(id, next);
+                        index_of.insert(id, index);
                     }
-                    Err(error) => {
-                        results[next] = Some(Err(error));
-                        done += 1;
-                    }
+                    Err(error) => outcomes.push((index, Err(error))),
                 }
                 next += 1;
             }
@@ -340,29 +607,48 @@ impl Client {
             connection.wait();
             while let Some(completion) = connection.core.poll_completion() {
                 let index = index_of.remove(&completion.id).expect("a batch request completed");
-                assert!(results[index].is_none(), "operation {index} completed twice");
-                results[index] = Some(completion.result);
-                done += 1;
+                outcomes.push((index, completion.result));
             }
         }
         assert!(index_of.is_empty());
-        self.check_in(connection);
-        Ok(results
-            .into_iter()
-            .map(|result| result.expect("every operation of a batch completes"))
-            .collect())
+        assert_eq!(outcomes.len(), indices.len());
+        (target, connection, outcomes)
     }
 
-    /// Runs one operation, retrying an idempotent one once on a fresh
-    /// connection when a pooled connection turns out to be dead.
+    /// Runs one operation: a routed one on the first target of its key
+    /// that takes it, anything else (or when no target does) on a seed.
     fn call(&self, operation: &Operation) -> Result<Response, ClientError> {
-        let mut connection = self.check_out()?;
+        let routed = operation.routing_key().and_then(|key| Some((key, self.router()?)));
+        let Some((key, router)) = routed else {
+            return self.call_on(Target::Seeds, operation);
+        };
+        for addr in order_by_health(router.targets(key), &self.down_now()) {
+            let result = self.call_on(Target::Node(addr), operation);
+            if suggests_ring_changed(&result, true) {
+                self.ring_suspect();
+            }
+            match result {
+                // Not sent: the next replica may take it.
+                Err(ClientError::Connect { .. } | ClientError::Closed) => {}
+                // Sent, and perhaps applied: only a read goes again.
+                Err(ClientError::ConnectionLost) if operation.is_idempotent() => {}
+                result => return result,
+            }
+        }
+        self.call_on(Target::Seeds, operation)
+    }
+
+    /// Runs one operation on a connection to `target`, retrying an
+    /// idempotent one once on a fresh connection when a pooled connection
+    /// turns out to be dead.
+    fn call_on(&self, target: Target, operation: &Operation) -> Result<Response, ClientError> {
+        let mut connection = self.check_out(target)?;
         let result = connection.run(operation);
         let result = match result {
             Err(ClientError::ConnectionLost | ClientError::Closed)
                 if connection.reused && operation.is_idempotent() =>
             {
-                connection = self.open()?;
+                connection = self.open(target)?;
                 connection.run(operation)
             }
             result => result,
@@ -371,12 +657,94 @@ impl Client {
         result
     }
 
-    /// An idle pooled connection that still looks alive, or a new one.
-    fn check_out(&self) -> Result<Connection, ClientError> {
+    /// The router to route keyed requests by, if routing is on and a ring
+    /// was fetched; fetches the ring first if that is due (unless another
+    /// call is fetching it).
+    fn router(&self) -> Option<Arc<Router>> {
+        if !self.options.route_by_ring {
+            return None;
+        }
+        let now = Instant::now();
+        let fetch = {
+            let mut routing = lock(&self.routing);
+            let due = !routing.fetching && routing.refresh_at.is_some_and(|at| now >= at);
+            routing.fetching |= due;
+            due
+        };
+        if fetch {
+            let fetching = Fetching(&self.routing);
+            let fetched = match self.call_on(Target::Seeds, &Operation::Ring) {
+                Ok(Response::Ring(info)) => Some(info).filter(|info| info.ring.is_some()),
+                Ok(other) => unreachable!("a ring request completed as {other:?}"),
+                Err(_) => None,
+            };
+            self.fetched(fetched);
+            drop(fetching);
+        }
+        let routing = lock(&self.routing);
+        routing.router.is_routing().then(|| routing.router.clone())
+    }
+
+    /// Takes in the outcome of a ring fetch: a formed ring replaces the one
+    /// routed by; without one (the fetch failed, or the seed has not formed
+    /// its ring), the client keeps what it had and tries again soon.
+    fn fetched(&self, info: Option<RingInfo>) {
+        let now = Instant::now();
+        let mut routing = lock(&self.routing);
+        let Some(info) = info else {
+            let retry = RING_RETRY_AFTER.min(self.options.ring_refresh_interval);
+            routing.refresh_at = now.checked_add(retry);
+            routing.last_fetch = Some((now, false));
+            return;
+        };
+        let router = Router::with_ring(self.seeds.clone(), info);
+        let keep: BTreeSet<SocketAddr> = router.addrs().into_iter().collect();
+        routing.router = Arc::new(router);
+        routing.refresh_at = now.checked_add(self.options.ring_refresh_interval);
+        routing.last_fetch = Some((now, true));
+        drop(routing);
+        // Connections to nodes that left the ring would never be used again.
+        let mut pools = lock(&self.pools);
+        pools.idle.retain(|addr, _| keep.contains(addr));
+        pools.down_until.retain(|addr, _| keep.contains(addr));
+    }
+
+    /// Something suggests the ring changed: fetch it on the next request,
+    /// but not sooner than [`RING_SUSPECT_GAP`] after the last fetch (and
+    /// not sooner than planned if the last fetch failed).
+    fn ring_suspect(&self) {
+        if !self.options.route_by_ring {
+            return;
+        }
+        let mut routing = lock(&self.routing);
+        let Some((at, true)) = routing.last_fetch else { return };
+        let Some(soon) = at.checked_add(RING_SUSPECT_GAP) else { return };
+        routing.refresh_at = Some(routing.refresh_at.map_or(soon, |planned| planned.min(soon)));
+    }
+
+    /// The nodes that refused a connection within [`NODE_DOWN_FOR`].
+    fn down_now(&self) -> BTreeSet<SocketAddr> {
+        let now = Instant::now();
+        let mut pools = lock(&self.pools);
+        pools.down_until.retain(|_, until| *until > now);
+        pools.down_until.keys().copied().collect()
+    }
+
+    /// An idle pooled connection to `target` that still looks alive, or a
+    /// new one.
+    fn check_out(&self, target: Target) -> Result<Connection, ClientError> {
         loop {
-            let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let idle = {
+                let mut pools = lock(&self.pools);
+                match target {
+                    Target::Node(addr) => pools.idle.get_mut(&addr).and_then(Vec::pop),
+                    Target::Seeds => {
+                        self.seeds.iter().find_map(|addr| pools.idle.get_mut(addr)?.pop())
+                    }
+                }
+            };
             let Some(mut connection) = idle else {
-                return self.open();
+                return self.open(target);
             };
             let idle_for = connection.last_used.elapsed();
             if idle_for < self.options.idle_check_after || connection.is_alive() {
@@ -386,39 +754,101 @@ impl Client {
         }
     }
 
-    /// Returns a connection to the pool if it is healthy, idle, and the pool
-    /// has room; otherwise closes it.
+    /// Returns a connection to its address's pool if it is healthy, idle,
+    /// and the pool has room; otherwise closes it.
     fn check_in(&self, mut connection: Connection) {
         if connection.core.is_closed() || connection.core.in_flight() > 0 {
             return;
         }
         connection.last_used = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = lock(&self.pools);
+        let idle = pools.idle.entry(connection.addr).or_default();
         if idle.len() < self.options.pool_size {
             idle.push(connection);
         }
     }
 
-    /// Opens a connection, trying each address once, starting from a
-    /// different one each time.
-    fn open(&self) -> Result<Connection, ClientError> {
-        let first = self.next_addr.fetch_add(1, Ordering::Relaxed);
+    /// Opens a connection to `target`: to a node, noting it down for
+    /// [`NODE_DOWN_FOR`] if it refuses; to the seeds, trying each once,
+    /// starting from a different one each time.
+    fn open(&self, target: Target) -> Result<Connection, ClientError> {
+        let addr = match target {
+            Target::Node(addr) => addr,
+            Target::Seeds => return self.open_seed(),
+        };
+        let opened = Connection::open(addr, &self.options);
+        let mut pools = lock(&self.pools);
+        match opened {
+            Ok(connection) => {
+                pools.down_until.remove(&addr);
+                Ok(connection)
+            }
+            Err(source) => {
+                if let Some(until) = Instant::now().checked_add(NODE_DOWN_FOR) {
+                    pools.down_until.insert(addr, until);
+                }
+                Err(ClientError::Connect { addrs: vec![addr], source })
+            }
+        }
+    }
+
+    fn open_seed(&self) -> Result<Connection, ClientError> {
+        let first = self.next_seed.fetch_add(1, Ordering::Relaxed);
         let mut last_error = None;
-        for offset in 0..self.addrs.len() {
-            let addr = self.addrs[(first + offset) % self.addrs.len()];
+        for offset in 0..self.seeds.len() {
+            let addr = self.seeds[(first + offset) % self.seeds.len()];
             match Connection::open(addr, &self.options) {
                 Ok(connection) => return Ok(connection),
                 Err(error) => last_error = Some(error),
             }
         }
-        let source = last_error.expect("a client has at least one address");
-        Err(ClientError::Connect { addrs: self.addrs.clone(), source })
+        let source = last_error.expect("a client has at least one seed");
+        Err(ClientError::Connect { addrs: self.seeds.clone(), source })
+    }
+}
+
+/// Whether an outcome of a request suggests the ring the client routes by
+/// is out of date: a node of a preference list (`routed`) could not be
+/// reached or lost the connection, or any node said it is not a replica.
+fn suggests_ring_changed(result: &Result<Response, ClientError>, routed: bool) -> bool {
+    match result {
+        Err(ClientError::Connect { .. } | ClientError::Closed | ClientError::ConnectionLost) => {
+            routed
+        }
+        Err(ClientError::Server { message, .. }) => message.contains(NOT_A_REPLICA),
+        _ => false,
+    }
+}
+
+/// `targets` with the nodes in `down` moved last, the order otherwise kept.
+fn order_by_health(targets: Vec<SocketAddr>, down: &BTreeSet<SocketAddr>) -> Vec<SocketAddr> {
+    let (mut up, down): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        targets.into_iter().partition(|addr| !down.contains(addr));
+    up.extend(down);
+    up
+}
+
+/// Locks `mutex`, taking the state over from a thread that panicked while
+/// holding it: every critical section here leaves its state consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Marks a ring fetch under way; clears the mark when dropped, even if the
+/// fetch panicked, so that fetching is never blocked for good.
+struct Fetching<'a>(&'a Mutex<Routing>);
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        lock(self.0).fetching = false;
     }
 }
 
 /// One socket and the protocol state riding on it.
 #[derive(Debug)]
 struct Connection {
+    /// The node's address: the pool the connection goes back to.
+    addr: SocketAddr,
     stream: TcpStream,
     core: ClientCore,
     read_buffer: Vec<u8>,
@@ -444,6 +874,7 @@ impl Connection {
             reply_frame_bytes_max: options.reply_frame_bytes_max,
         });
         Ok(Connection {
+            addr,
             stream,
             core,
             read_buffer: vec![0; READ_BUFFER_BYTES],
@@ -463,6 +894,8 @@ impl Connection {
                 self.core.start_delete(now, key, context, *options)
             }
             Operation::Ping => self.core.start_ping(now),
+            Operation::Ring => self.core.start_ring(now),
+            Operation::Inspect { key } => self.core.start_inspect(now, key),
         }
     }
 

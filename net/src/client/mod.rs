@@ -8,8 +8,12 @@
 //!   run it: the blocking [`Client`] here, an async client, or the load
 //!   generator, which keeps many requests in flight on each connection.
 //! - [`Client`] drives cores over blocking `std::net` sockets, with a small
-//!   pool of connections, timeouts, reconnection, and [`Batch`]es that
-//!   pipeline many requests on one connection.
+//!   pool of connections per node, timeouts, reconnection, routing of each
+//!   request to a replica of its key, and [`Batch`]es that pipeline many
+//!   requests per connection.
+//!
+//! Between them sits [`Router`], the pure decision of which nodes a key's
+//! requests go to, which any driver can share.
 //!
 //! # Siblings and contexts
 //!
@@ -66,16 +70,73 @@
 //! Not found is not an error: a key never written, or deleted, reads as no
 //! values and a context.
 //!
+//! # Routing
+//!
+//! Every key lives on the N nodes of its preference list, and any node
+//! accepts any request: one outside the list forwards it to a replica, an
+//! extra hop. The addresses given to [`Client::connect`] are *seeds*. With
+//! [`ClientOptions::route_by_ring`] (the default), the first read, write or
+//! delete fetches the ring from a seed; from then on each such request goes
+//! straight to the first node of its key's preference list that accepts a
+//! connection, so it is coordinated where it lands. When none of the list
+//! can be reached, or the seed has no ring yet, or the fetch failed, the
+//! request goes to the seeds, as with routing off. Pings, [`Client::ring`]
+//! and [`Client::inspect`] always go to the seeds.
+//!
+//! The ring is fetched again on the next request after
+//! [`ClientOptions::ring_refresh_interval`] (30 s by default), and sooner,
+//! though at most every 100 ms, when something suggests it changed: a
+//! replica could not be reached or lost a connection, or a node answered
+//! that it is "not a replica" of the key. A failed fetch keeps the ring the
+//! client had and is tried again a second later. A node that refused a
+//! connection is tried last among a key's replicas for a second.
+//!
+//! Routing never affects correctness, only the hop: a stale ring sends a
+//! request to a node that forwards it. What routing does not guarantee:
+//! that a request lands on a replica (a stale ring, or members advertising
+//! addresses the client cannot use, see [`Router`]), or that reads spread
+//! over replicas (the first reachable one coordinates every request for a
+//! key).
+//!
+//! A request whose connection to a replica was refused goes on to the next
+//! replica: it was not sent. A read whose connection broke goes on too
+//! (reading twice is harmless); a write whose connection broke fails with
+//! [`ClientError::ConnectionLost`] and is never sent again.
+//!
+//! ```no_run
+//! use holdfast_net::client::{Client, ClientOptions};
+//!
+//! // Any node of the cluster will do as a seed; listing several helps
+//! // when one is down.
+//! let client = Client::connect(&["10.0.0.1:7070", "10.0.0.2:7070"], ClientOptions::default())?;
+//! let info = client.ring()?;
+//! let ring = info.ring.expect("the seed has formed its ring");
+//! let replicas = ring.preference_list(ring.partition_of(b"cart:ada"), usize::from(info.n));
+//! // Each replica's own copy, read without coordination, node by node:
+//! // a client connected to one address asks that node.
+//! let mut versions = Vec::new();
+//! for id in replicas {
+//!     let addr = &ring.member(id).expect("a member").addr;
+//!     let node = Client::connect(&[addr.as_str()], ClientOptions::default())?;
+//!     let inspected = node.inspect(b"cart:ada")?;
+//!     assert!(inspected.replica);
+//!     versions.push((id, inspected.set.len()));
+//! }
+//! # Ok::<(), holdfast_net::client::ClientError>(())
+//! ```
+//!
 //! # Failures
 //!
 //! A request that timed out or whose connection broke may or may not have
 //! been applied ([`ClientError::Timeout`], [`ClientError::ConnectionLost`]).
 //! The blocking client retries reads and pings once on a fresh connection
-//! when a pooled connection turns out dead, and never retries a write by
-//! itself: a write sent twice can leave its value as two siblings.
+//! when a pooled connection turns out dead (and, routing, on the next
+//! replica), and never retries a write by itself: a write sent twice can
+//! leave its value as two siblings.
 
 mod blocking;
 mod protocol;
+mod routing;
 
 use std::fmt;
 use std::io;
@@ -84,11 +145,14 @@ use std::time::Duration;
 
 pub use self::blocking::{Batch, Client, ClientOptions, Operation};
 pub use self::protocol::{ClientCore, Completion, CoreOptions, RequestId};
+pub use self::routing::Router;
 use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{FrameError, Kind};
 #[cfg(doc)]
 use crate::limits::CONTEXT_BYTES_MAX;
 use crate::message::{ErrorCode, MessageError};
+use crate::ring::{NodeId, Ring};
+use crate::siblings::SiblingSet;
 
 /// The causal context of a read or a write: which versions of a key the
 /// client has seen. Pass it to the next write of the same key so that the
@@ -209,6 +273,43 @@ pub enum Response {
     Delete(Written),
     /// A ping's answer.
     Pong,
+    /// A node's ring and replication settings.
+    Ring(RingInfo),
+    /// One node's own replica of a key.
+    Inspect(Inspected),
+}
+
+/// A node's ring and the cluster's replication settings: what a client
+/// needs to send each request straight to a replica of its key (see
+/// [`Router`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingInfo {
+    /// The id of the node that answered.
+    pub node: NodeId,
+    /// The node's ring, validated by [`Ring::from_state`]; `None` while the
+    /// node has not formed one (it is still waiting for its seeds).
+    pub ring: Option<Ring>,
+    /// Replicas per key.
+    pub n: u8,
+    /// The default read quorum.
+    pub r: u8,
+    /// The default write quorum.
+    pub w: u8,
+}
+
+/// One node's own replica of a key, read without coordination: for
+/// operators and tests that want to see where a key's versions are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspected {
+    /// The id of the node that answered.
+    pub node: NodeId,
+    /// The key's partition.
+    pub partition: u32,
+    /// Whether the node is in the key's preference list (by its ring).
+    pub replica: bool,
+    /// The node's sibling set of the key, tombstones and clocks included;
+    /// empty if it holds nothing for the key.
+    pub set: SiblingSet,
 }
 
 /// Why a request failed.

@@ -24,15 +24,20 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{ClientError, Context, GetResult, ReadOptions, Response, WriteOptions, Written};
+use super::{
+    ClientError, Context, GetResult, Inspected, ReadOptions, Response, RingInfo, WriteOptions,
+    Written,
+};
 use crate::frame::{Frame, FrameDecoder, Kind};
 use crate::limits::{
     IN_FLIGHT_MAX_DEFAULT, KEY_BYTES_MAX, REPLY_FRAME_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX,
 };
 use crate::message::{
-    DeleteRequest, GetRequest, MessageError, Ping, PutRequest, Reply, decode_dot,
-    encode_message_into,
+    DeleteRequest, GetRequest, InspectReply, InspectRequest, MessageError, Ping, PutRequest, Reply,
+    RingReply, RingRequest, decode_dot, encode_message_into,
 };
+use crate::ring::Ring;
+use crate::siblings::{DecodeLimits, SiblingSet};
 
 /// Configuration of one connection's protocol state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +81,36 @@ pub struct Completion {
     pub result: Result<Response, ClientError>,
 }
 
+/// The requests a core starts. [`complete`] matches on this exhaustively,
+/// so a new request cannot be started without saying how it completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Started {
+    Get,
+    Put,
+    Delete,
+    Ping,
+    Ring,
+    Inspect,
+}
+
+impl Started {
+    /// The kind of the request's frame.
+    fn kind(self) -> Kind {
+        match self {
+            Started::Get => Kind::GET,
+            Started::Put => Kind::PUT,
+            Started::Delete => Kind::DELETE,
+            Started::Ping => Kind::PING,
+            Started::Ring => Kind::RING,
+            Started::Inspect => Kind::INSPECT,
+        }
+    }
+}
+
 /// A request sent and not yet answered.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
-    kind: Kind,
+    started: Started,
     deadline: Instant,
 }
 
@@ -137,7 +168,7 @@ impl ClientCore {
     ) -> Result<RequestId, ClientError> {
         self.admit(key, &[])?;
         let request = GetRequest { key: key.to_vec(), r: options.r };
-        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Kind::GET))
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Get))
     }
 
     /// Starts a write of `value` to `key`, superseding what `context` covers
@@ -157,7 +188,7 @@ impl ClientCore {
             context: context.map(|context| context.as_bytes().to_vec()).unwrap_or_default(),
             w: options.w,
         };
-        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Kind::PUT))
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Put))
     }
 
     /// Starts a delete of `key`, superseding what `context` covers.
@@ -171,13 +202,28 @@ impl ClientCore {
         self.admit(key, &[])?;
         let request =
             DeleteRequest { key: key.to_vec(), context: context.as_bytes().to_vec(), w: options.w };
-        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Kind::DELETE))
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Delete))
     }
 
     /// Starts a ping.
     pub fn start_ping(&mut self, now: Instant) -> Result<RequestId, ClientError> {
         self.admit(&[], &[])?;
-        Ok(self.send(now, |out, id| encode_message_into(out, id, &Ping {}), Kind::PING))
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &Ping {}), Started::Ping))
+    }
+
+    /// Starts a request for the node's ring and the cluster's replication
+    /// settings.
+    pub fn start_ring(&mut self, now: Instant) -> Result<RequestId, ClientError> {
+        self.admit(&[], &[])?;
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &RingRequest {}), Started::Ring))
+    }
+
+    /// Starts a read of the node's own replica of `key`, without
+    /// coordination (the node answers even if it is not a replica).
+    pub fn start_inspect(&mut self, now: Instant, key: &[u8]) -> Result<RequestId, ClientError> {
+        self.admit(key, &[])?;
+        let request = InspectRequest { key: key.to_vec() };
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Inspect))
     }
 
     /// Checks that a request may start: the connection is open, there is
@@ -202,7 +248,7 @@ impl ClientCore {
         &mut self,
         now: Instant,
         encode: impl FnOnce(&mut Vec<u8>, u64),
-        kind: Kind,
+        started: Started,
     ) -> RequestId {
         assert!(!self.closed && self.in_flight() < self.options.in_flight_max);
         let id = self.next_id;
@@ -211,7 +257,7 @@ impl ClientCore {
         encode(&mut self.transmit, id);
         assert!(self.transmit.len() > transmit_before);
         let deadline = now + self.options.timeout;
-        let previous = self.pending.insert(id, Pending { kind, deadline });
+        let previous = self.pending.insert(id, Pending { started, deadline });
         assert!(previous.is_none(), "request id {id} reused");
         self.deadlines.insert((deadline, id));
         debug_assert_eq!(self.pending.len(), self.deadlines.len());
@@ -280,7 +326,7 @@ impl ClientCore {
         };
         let removed = self.deadlines.remove(&(pending.deadline, id));
         assert!(removed);
-        let result = complete(pending.kind, frame);
+        let result = complete(pending.started, frame);
         self.completions.push_back(Completion { id: RequestId(id), result });
     }
 
@@ -357,34 +403,94 @@ impl ClientCore {
     }
 }
 
-/// The outcome of a request of `kind` answered by `frame`.
-fn complete(kind: Kind, frame: &Frame) -> Result<Response, ClientError> {
-    let reply = Reply::decode(frame)?;
-    match (kind, reply) {
-        (_, Reply::Error(error)) => {
-            Err(ClientError::Server { code: error.error_code(), message: error.message })
+/// The outcome of a request `started` answered by `frame`.
+fn complete(started: Started, frame: &Frame) -> Result<Response, ClientError> {
+    let reply = match Reply::decode(frame)? {
+        Reply::Error(error) => {
+            return Err(ClientError::Server { code: error.error_code(), message: error.message });
         }
-        (Kind::GET, Reply::Get(reply)) => Ok(Response::Get(GetResult {
-            values: reply.values,
-            context: Context::from_reply(reply.context)?,
-        })),
-        (Kind::PUT, Reply::Put(reply)) => {
-            Ok(Response::Put(written(Kind::PUT_REPLY, reply.context, &reply.dot)?))
-        }
-        (Kind::DELETE, Reply::Delete(reply)) => {
-            Ok(Response::Delete(written(Kind::DELETE_REPLY, reply.context, &reply.dot)?))
-        }
-        (Kind::PING, Reply::Pong(_)) => Ok(Response::Pong),
-        (request, reply) => Err(ClientError::UnexpectedReply { request, reply: reply.kind() }),
+        reply => reply,
+    };
+    let unexpected = |reply: Reply| ClientError::UnexpectedReply {
+        request: started.kind(),
+        reply: reply.kind(),
+    };
+    match started {
+        Started::Get => match reply {
+            Reply::Get(reply) => Ok(Response::Get(GetResult {
+                values: reply.values,
+                context: Context::from_reply(reply.context)?,
+            })),
+            other => Err(unexpected(other)),
+        },
+        Started::Put => match reply {
+            Reply::Put(reply) => {
+                Ok(Response::Put(written(Kind::PUT_REPLY, reply.context, &reply.dot)?))
+            }
+            other => Err(unexpected(other)),
+        },
+        Started::Delete => match reply {
+            Reply::Delete(reply) => {
+                Ok(Response::Delete(written(Kind::DELETE_REPLY, reply.context, &reply.dot)?))
+            }
+            other => Err(unexpected(other)),
+        },
+        Started::Ping => match reply {
+            Reply::Pong(_) => Ok(Response::Pong),
+            other => Err(unexpected(other)),
+        },
+        Started::Ring => match reply {
+            Reply::Ring(reply) => Ok(Response::Ring(ring_info(reply)?)),
+            other => Err(unexpected(other)),
+        },
+        Started::Inspect => match reply {
+            Reply::Inspect(reply) => Ok(Response::Inspect(inspected(reply)?)),
+            other => Err(unexpected(other)),
+        },
     }
+}
+
+/// A reply body that decoded but does not make sense.
+fn invalid(kind: Kind, reason: String) -> ClientError {
+    ClientError::Reply(MessageError::Invalid { kind, reason })
+}
+
+/// A ring reply, its ring validated. Version 0 is the one way to say "not
+/// formed yet", and then the ring must be empty: anything else is a ring
+/// and must pass [`Ring::from_state`].
+fn ring_info(reply: RingReply) -> Result<RingInfo, ClientError> {
+    let RingReply { node, ring: state, n, r, w } = reply;
+    let ring = if state.version == 0 {
+        if !state.members.is_empty() || !state.owners.is_empty() {
+            let reason = "a ring of version 0 (not formed) has members or owners".to_string();
+            return Err(invalid(Kind::RING_REPLY, reason));
+        }
+        None
+    } else {
+        let ring = Ring::from_state(state)
+            .map_err(|error| invalid(Kind::RING_REPLY, format!("bad ring: {error}")))?;
+        Some(ring)
+    };
+    Ok(RingInfo { node, ring, n, r, w })
+}
+
+/// An inspect reply, its sibling set decoded (empty bytes: nothing held).
+fn inspected(reply: InspectReply) -> Result<Inspected, ClientError> {
+    let InspectReply { node, partition, replica, set } = reply;
+    let set = if set.is_empty() {
+        SiblingSet::new()
+    } else {
+        SiblingSet::decode(&set, DecodeLimits::default())
+            .map_err(|error| invalid(Kind::INSPECT_REPLY, format!("bad sibling set: {error}")))?
+    };
+    Ok(Inspected { node, partition, replica, set })
 }
 
 /// A write's outcome from its reply's fields.
 fn written(kind: Kind, context: Vec<u8>, dot: &[u8]) -> Result<Written, ClientError> {
     let context = Context::from_reply(context)?;
     let Some(dot) = decode_dot(dot) else {
-        let reason = "the dot is not one encoded dot".to_string();
-        return Err(ClientError::Reply(MessageError::Invalid { kind, reason }));
+        return Err(invalid(kind, "the dot is not one encoded dot".to_string()));
     };
     Ok(Written { context, dot })
 }
