@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use holdfast_engine::cluster::history::{
     Call, CheckOptions, FinalState, History, OpId, Outcome, Presence,
 };
-use holdfast_net::client::{Client, ClientError, Context, ReadOptions, WriteOptions};
+use holdfast_net::client::{
+    Client, ClientError, ClientOptions, Context, ReadOptions, WriteOptions,
+};
 use holdfast_net::message::ErrorCode;
 use holdfast_net::{SiblingSet, VersionVector};
 use rand::{Rng, SeedableRng};
@@ -33,6 +35,15 @@ use support::{Cluster, HOLDFAST, explain, free_ports, holdfast, stdout};
 
 /// How long a cluster may take to converge once nothing is being written.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of node `i` that does not route by the ring: "through node
+/// `i`" then means node `i` coordinates the request (or forwards it), as
+/// opposed to [`Cluster::client`], which sends each request to the key's
+/// first replica once it has the ring.
+fn direct(cluster: &Cluster, i: usize) -> Client {
+    let options = ClientOptions { route_by_ring: false, ..ClientOptions::default() };
+    Client::connect(&[cluster.addr(i)], options).unwrap()
+}
 
 /// `holdfast ARGS --addr (node i) --json`, parsed.
 fn cli_json(cluster: &Cluster, i: usize, args: &[&str]) -> Value {
@@ -63,7 +74,7 @@ fn inspected_versions(cluster: &Cluster, i: usize, key: &str) -> Value {
 
 /// Node `i`'s own replica of every key, through the client library.
 fn replica_sets(cluster: &Cluster, i: usize, keys: &[String]) -> Vec<SiblingSet> {
-    let client = cluster.client(i);
+    let client = direct(cluster, i);
     keys.iter().map(|key| client.inspect(key.as_bytes()).unwrap().set).collect()
 }
 
@@ -86,8 +97,8 @@ fn converged_sets(cluster: &Cluster, keys: &[String]) -> Vec<Vec<SiblingSet>> {
 fn a_write_through_one_node_is_read_through_another() {
     let cluster = Cluster::up(3, &[]);
 
-    cluster.client(0).put(b"library", b"from node 0", None).unwrap();
-    let read = cluster.client(2).get(b"library").unwrap();
+    direct(&cluster, 0).put(b"library", b"from node 0", None).unwrap();
+    let read = direct(&cluster, 2).get(b"library").unwrap();
     assert_eq!(read.values, vec![b"from node 0".to_vec()]);
 
     cluster.cli(0, &["put", "command-line", "also from node 0"]);
@@ -106,7 +117,7 @@ fn concurrent_blind_writes_become_siblings_until_a_write_with_their_context() {
     let start = Arc::new(Barrier::new(2));
     std::thread::scope(|scope| {
         for (node, value) in [(0, "apples"), (2, "pears")] {
-            let client = cluster.client(node);
+            let client = direct(&cluster, node);
             let start = start.clone();
             scope.spawn(move || {
                 start.wait();
@@ -114,16 +125,16 @@ fn concurrent_blind_writes_become_siblings_until_a_write_with_their_context() {
             });
         }
     });
-    let read = cluster.client(1).get(key).unwrap();
+    let read = direct(&cluster, 1).get(key).unwrap();
     let mut values = read.values.clone();
     values.sort();
     assert_eq!(values, [b"apples".to_vec(), b"pears".to_vec()], "two siblings");
     assert_eq!(siblings(&cluster, 0, "cart"), ["apples", "pears"]);
 
     // A write that carries the read's context replaces both.
-    cluster.client(1).put(key, b"apples+pears", Some(&read.context)).unwrap();
+    direct(&cluster, 1).put(key, b"apples+pears", Some(&read.context)).unwrap();
     for node in 0..3 {
-        assert_eq!(cluster.client(node).get(key).unwrap().values, [b"apples+pears".to_vec()]);
+        assert_eq!(direct(&cluster, node).get(key).unwrap().values, [b"apples+pears".to_vec()]);
     }
     assert_eq!(siblings(&cluster, 2, "cart"), ["apples+pears"]);
 }
@@ -134,8 +145,7 @@ fn a_replica_that_missed_a_write_converges_after_a_read() {
     let key = "missed";
 
     cluster.kill(2);
-    let written = cluster
-        .client(0)
+    let written = direct(&cluster, 0)
         .put_with(key.as_bytes(), b"while node 2 was down", None, WriteOptions { w: 2 })
         .unwrap();
     let on_node_0 = inspected_versions(&cluster, 0, key);
@@ -149,7 +159,7 @@ fn a_replica_that_missed_a_write_converges_after_a_read() {
     assert!(text.ends_with("replica yes\n(nothing)\n"), "{text}");
 
     // A read of all three replicas finds node 2 stale and repairs it.
-    let read = cluster.client(0).get_with(key.as_bytes(), ReadOptions { r: 3 }).unwrap();
+    let read = direct(&cluster, 0).get_with(key.as_bytes(), ReadOptions { r: 3 }).unwrap();
     assert_eq!(read.values, [b"while node 2 was down".to_vec()]);
     assert!(read.context.version_vector().contains(written.dot));
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
@@ -325,7 +335,8 @@ impl Log {
 fn failure(error: &ClientError) -> Outcome {
     match error {
         ClientError::Server {
-            code: code @ (ErrorCode::BadRequest | ErrorCode::BadContext | ErrorCode::TooManySiblings),
+            code:
+                code @ (ErrorCode::BadRequest | ErrorCode::BadContext | ErrorCode::TooManySiblings),
             message,
         } => Outcome::Failed { reason: format!("{code}: {message}") },
         _ => Outcome::Unknown,
@@ -394,8 +405,12 @@ fn concurrent_puts_gets_and_deletes_through_every_node_pass_the_history_check() 
     let until = Instant::now() + RUN;
     std::thread::scope(|scope| {
         for id in 0..CLIENTS {
-            // Client `id` talks to node `id % 3` only.
-            let client = cluster.client(usize::try_from(id % 3).unwrap());
+            // Clients 0, 1 and 2 go through nodes 0, 1 and 2; client 3
+            // routes each request to its key's first replica by the ring.
+            let client = match id {
+                0..3 => direct(&cluster, usize::try_from(id).unwrap()),
+                _ => cluster.client(0),
+            };
             let (log, keys) = (&log, &keys);
             scope.spawn(move || workload(log, id, &client, keys, until));
         }
@@ -404,7 +419,7 @@ fn concurrent_puts_gets_and_deletes_through_every_node_pass_the_history_check() 
     // Every key read through every node from all three replicas: each
     // read repairs whichever replica was stale.
     for i in 0..3 {
-        let client = cluster.client(i);
+        let client = direct(&cluster, i);
         for key in &keys {
             let read = log.get(CLIENTS + i as u64, &client, key, ReadOptions { r: 3 });
             assert!(read.is_some(), "the final read of {key} through node {i} failed");

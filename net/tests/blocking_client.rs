@@ -1,7 +1,8 @@
-//! The blocking client against a tiny node on 127.0.0.1 (a thread per
+//! The blocking client against tiny nodes on 127.0.0.1 (a thread per
 //! connection over std::net, answering through the in-memory `FakeNode`).
-//! The node answers every batch of frames it reads in reverse order, so a
-//! pipelining client sees its replies out of order.
+//! A node answers every batch of frames it reads in reverse order, so a
+//! pipelining client sees its replies out of order. Nodes never forward:
+//! given a ring, the tests see exactly which node each request reached.
 
 mod support;
 
@@ -13,7 +14,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use holdfast_net::client::{Batch, Client, ClientError, ClientOptions, Response};
+use holdfast_net::frame::Kind;
 use holdfast_net::message::{ErrorCode, RequestLimits};
+use holdfast_net::ring::{Member, Ring};
 use support::FakeNode;
 
 /// A node serving the protocol on an ephemeral loopback port.
@@ -22,6 +25,9 @@ struct TestNode {
     node: Arc<Mutex<FakeNode>>,
     /// While set, the node reads requests and never answers.
     silent: Arc<AtomicBool>,
+    /// While set, the node closes a connection, unanswered, as soon as a
+    /// read, write or delete arrives on it: a node that died mid-request.
+    cut: Arc<AtomicBool>,
     /// Every connection accepted, so a test can cut them all.
     streams: Arc<Mutex<Vec<TcpStream>>>,
     accepted: Arc<AtomicUsize>,
@@ -37,13 +43,15 @@ impl TestNode {
             addr: listener.local_addr().expect("bound"),
             node: Arc::default(),
             silent: Arc::default(),
+            cut: Arc::default(),
             streams: Arc::default(),
             accepted: Arc::default(),
             frames_per_read_max: Arc::default(),
         };
-        let (shared, silent, streams, accepted, frames_per_read_max) = (
+        let (shared, silent, cut, streams, accepted, frames_per_read_max) = (
             node.node.clone(),
             node.silent.clone(),
+            node.cut.clone(),
             node.streams.clone(),
             node.accepted.clone(),
             node.frames_per_read_max.clone(),
@@ -57,9 +65,13 @@ impl TestNode {
                     .lock()
                     .expect("not poisoned")
                     .push(stream.try_clone().expect("clone a socket"));
-                let (shared, silent, most) =
-                    (shared.clone(), silent.clone(), frames_per_read_max.clone());
-                thread::spawn(move || serve(stream, &shared, &silent, &most));
+                let behaviour = Behaviour {
+                    silent: silent.clone(),
+                    cut: cut.clone(),
+                    frames_per_read_max: frames_per_read_max.clone(),
+                };
+                let shared = shared.clone();
+                thread::spawn(move || serve(stream, &shared, &behaviour));
             }
         });
         node
@@ -73,9 +85,33 @@ impl TestNode {
         // Let the FINs arrive before the client looks.
         thread::sleep(Duration::from_millis(50));
     }
+
+    /// Sets the ring the node answers with, and the replicas per key.
+    fn set_ring(&self, ring: &Ring, n: u8) {
+        let mut node = self.node.lock().expect("not poisoned");
+        node.ring = ring.state();
+        node.n = n;
+    }
+
+    /// How many requests of `kind` the node answered.
+    fn count(&self, kind: Kind) -> u64 {
+        self.node.lock().expect("not poisoned").count(kind)
+    }
+
+    /// Whether the node holds a value for `key`.
+    fn holds(&self, key: &[u8]) -> bool {
+        self.node.lock().expect("not poisoned").keys.get(key).is_some_and(|set| !set.is_empty())
+    }
 }
 
-fn serve(mut stream: TcpStream, node: &Mutex<FakeNode>, silent: &AtomicBool, most: &AtomicUsize) {
+/// What a connection's thread shares with the test.
+struct Behaviour {
+    silent: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    frames_per_read_max: Arc<AtomicUsize>,
+}
+
+fn serve(mut stream: TcpStream, node: &Mutex<FakeNode>, behaviour: &Behaviour) {
     let mut decoder = FakeNode::decoder();
     let mut buffer = vec![0; 64 * 1024];
     loop {
@@ -84,9 +120,15 @@ fn serve(mut stream: TcpStream, node: &Mutex<FakeNode>, silent: &AtomicBool, mos
             Ok(len) => len,
         };
         let frames = FakeNode::frames(&mut decoder, &buffer[..len]);
-        most.fetch_max(frames.len(), Ordering::SeqCst);
-        if silent.load(Ordering::SeqCst) {
+        behaviour.frames_per_read_max.fetch_max(frames.len(), Ordering::SeqCst);
+        if behaviour.silent.load(Ordering::SeqCst) {
             continue;
+        }
+        let keyed = [Kind::GET, Kind::PUT, Kind::DELETE];
+        if behaviour.cut.load(Ordering::SeqCst) && frames.iter().any(|f| keyed.contains(&f.kind()))
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
         }
         let mut replies = Vec::new();
         let mut node = node.lock().expect("not poisoned");
@@ -199,7 +241,14 @@ fn an_idle_connection_found_dead_is_replaced_before_a_write() {
 #[test]
 fn a_write_on_a_connection_that_died_unnoticed_is_not_retried() {
     let node = TestNode::start();
-    let options = ClientOptions { idle_check_after: Duration::from_secs(3600), ..options() };
+    // Without routing: a ring fetch due before the write (the node has no
+    // ring, so one is tried again every second) would find the dead
+    // connection first and replace it.
+    let options = ClientOptions {
+        idle_check_after: Duration::from_secs(3600),
+        route_by_ring: false,
+        ..options()
+    };
     let client = Client::connect(&[node.addr], options).expect("connect");
     client.put(b"k", b"v1", None).expect("put");
     node.drop_connections();
@@ -264,4 +313,245 @@ fn connecting_skips_dead_addresses_and_fails_cleanly_when_all_are_dead() {
     let names = ["127.0.0.1:1".to_string(), node.addr.to_string()];
     let client = Client::connect(&names, options()).expect("addresses as strings");
     client.ping().expect("pong");
+}
+
+/// Options for a test that should see only routing's own behaviour.
+fn routing_options() -> ClientOptions {
+    ClientOptions { ring_refresh_interval: Duration::from_secs(3600), ..options() }
+}
+
+/// A ring of 64 partitions over `(id, addr)`, at `version`.
+fn ring_of(members: &[(u64, SocketAddr)], version: u64) -> Ring {
+    let members = members
+        .iter()
+        .map(|&(id, addr)| Member { id, addr: addr.to_string(), weight: 1, zone: String::new() })
+        .collect();
+    Ring::new(64, members, version).expect("a valid ring")
+}
+
+/// A key whose preference list of `n` starts with `first`.
+fn key_led_by(ring: &Ring, n: usize, first: &[u64]) -> Vec<u8> {
+    (0..)
+        .map(|i: u32| format!("key:{i}").into_bytes())
+        .find(|key| ring.preference_list(ring.partition_of(key), n).starts_with(first))
+        .expect("some key")
+}
+
+/// An address nothing listens on.
+fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("bound")
+}
+
+#[test]
+fn requests_go_straight_to_the_replica_the_ring_names() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let ring = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&ring, 1);
+    b.set_ring(&ring, 1);
+    let (on_a, on_b) = (key_led_by(&ring, 1, &[1]), key_led_by(&ring, 1, &[2]));
+    // Only a is given: b is learned from the ring.
+    let client = Client::connect(&[a.addr], routing_options()).expect("connect");
+
+    let written = client.put(&on_b, b"v", None).expect("put");
+    assert!(b.holds(&on_b) && !a.holds(&on_b), "the write reached b, the replica");
+    assert_eq!(client.get(&on_b).expect("get").values, [b"v".to_vec()]);
+    client.delete(&on_b, &written.context).expect("delete");
+    assert_eq!((a.count(Kind::GET), a.count(Kind::PUT), a.count(Kind::DELETE)), (0, 0, 0));
+    assert_eq!((b.count(Kind::GET), b.count(Kind::PUT), b.count(Kind::DELETE)), (1, 1, 1));
+
+    client.put(&on_a, b"v", None).expect("put");
+    assert!(a.holds(&on_a) && !b.holds(&on_a));
+    // One ring fetch, from the seed; pings still go to the seed.
+    assert_eq!((a.count(Kind::RING), b.count(Kind::RING)), (1, 0));
+    client.ping().expect("pong");
+    assert_eq!((a.count(Kind::PING), b.count(Kind::PING)), (1, 0));
+    // Connections are pooled per node: one each.
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn without_routing_every_request_goes_to_the_seeds() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let ring = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&ring, 1);
+    let on_b = key_led_by(&ring, 1, &[2]);
+    let options = ClientOptions { route_by_ring: false, ..routing_options() };
+    let client = Client::connect(&[a.addr], options).expect("connect");
+    client.put(&on_b, b"v", None).expect("put");
+    assert!(a.holds(&on_b), "the seed takes it (a real node would forward it)");
+    assert_eq!(a.count(Kind::RING), 0, "no ring is fetched");
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_unreachable_replica_is_skipped_and_the_ring_fetched_again() {
+    let a = TestNode::start();
+    let dead = dead_addr();
+    let ring = ring_of(&[(1, a.addr), (2, dead)], 1);
+    a.set_ring(&ring, 2);
+    let key = key_led_by(&ring, 2, &[2, 1]);
+    let client = Client::connect(&[a.addr], routing_options()).expect("connect");
+
+    // The connection was refused, so the write was not sent: the next
+    // replica takes it.
+    client.put(&key, b"v", None).expect("the second replica takes the write");
+    assert!(a.holds(&key));
+    assert_eq!(a.count(Kind::RING), 1);
+
+    // The refusal made the ring suspect: the next request, a little later,
+    // fetches it again (and still lands on the live replica).
+    thread::sleep(Duration::from_millis(150));
+    assert_eq!(client.get(&key).expect("get").values, [b"v".to_vec()]);
+    assert_eq!(a.count(Kind::RING), 2);
+}
+
+#[test]
+fn when_no_replica_is_reachable_requests_go_to_the_seeds() {
+    let seed = TestNode::start();
+    // The ring names only nodes that are gone; the seed is not among them.
+    let ring = ring_of(&[(1, dead_addr()), (2, dead_addr())], 1);
+    seed.set_ring(&ring, 2);
+    let client = Client::connect(&[seed.addr], routing_options()).expect("connect");
+    client.put(b"k", b"v", None).expect("the seed takes it");
+    assert!(seed.holds(b"k"));
+    let mut batch = Batch::new();
+    batch.put(b"k2", b"v", None).get(b"k");
+    let results = client.execute(&batch).expect("a connection");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(seed.holds(b"k2"));
+}
+
+#[test]
+fn a_write_whose_connection_broke_is_not_sent_to_another_replica() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let ring = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&ring, 2);
+    let key = key_led_by(&ring, 2, &[2, 1]);
+    let client = Client::connect(&[a.addr], routing_options()).expect("connect");
+    client.put(&key, b"v1", None).expect("put");
+    assert!(b.holds(&key));
+
+    // b dies with the request in flight: it may have applied the write, so
+    // the client says so instead of sending it to a.
+    b.cut.store(true, Ordering::SeqCst);
+    let error = client.put(&key, b"v2", None).expect_err("lost");
+    assert!(matches!(error, ClientError::ConnectionLost), "{error:?}");
+    assert_eq!(a.count(Kind::PUT), 0, "the write was not sent again");
+
+    // A read is harmless to send twice: it goes on to a.
+    let read = client.get(&key).expect("the next replica answers");
+    assert!(read.values.is_empty(), "a holds nothing for the key (nodes here do not replicate)");
+    assert_eq!(a.count(Kind::GET), 1);
+}
+
+#[test]
+fn a_node_that_is_not_a_replica_makes_the_client_fetch_the_ring_again() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let old = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&old, 1);
+    let key = key_led_by(&old, 1, &[2]);
+    let client = Client::connect(&[a.addr], routing_options()).expect("connect");
+    client.ping().expect("pong");
+    client.get(&key).expect("the old ring routes to b");
+    assert_eq!(b.count(Kind::GET), 1);
+
+    // The cluster moved on without telling the client; b says so.
+    let new = ring_of(&[(1, a.addr)], 2);
+    a.set_ring(&new, 1);
+    b.node.lock().expect("not poisoned").not_a_replica = true;
+    match client.put(&key, b"v", None) {
+        Err(ClientError::Server { code: ErrorCode::Unavailable, message }) => {
+            assert!(message.contains("not a replica"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    thread::sleep(Duration::from_millis(150));
+    client.put(&key, b"v", None).expect("the new ring routes to a");
+    assert!(a.holds(&key));
+    assert_eq!(a.count(Kind::RING), 2);
+}
+
+#[test]
+fn the_ring_is_fetched_again_after_the_refresh_interval() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let old = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&old, 1);
+    let key = key_led_by(&old, 1, &[2]);
+    let options = ClientOptions { ring_refresh_interval: Duration::from_millis(100), ..options() };
+    let client = Client::connect(&[a.addr], options).expect("connect");
+    client.put(&key, b"v1", None).expect("put");
+    assert!(b.holds(&key));
+
+    a.set_ring(&ring_of(&[(1, a.addr)], 2), 1);
+    thread::sleep(Duration::from_millis(150));
+    client.put(&key, b"v2", None).expect("put");
+    assert!(a.holds(&key), "the refreshed ring routes to a");
+    assert_eq!(b.count(Kind::PUT), 1);
+}
+
+#[test]
+fn a_batch_is_split_by_replica_and_every_reply_matched() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let ring = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&ring, 1);
+    let client = Client::connect(&[a.addr], routing_options()).expect("connect");
+    let count = 400;
+    let key = |i: usize| format!("key:{i}").into_bytes();
+    let mut puts = Batch::new();
+    for i in 0..count {
+        puts.put(&key(i), format!("value:{i}").as_bytes(), None);
+    }
+    puts.push(holdfast_net::client::Operation::Ping);
+    let results = client.execute(&puts).expect("connections");
+    assert_eq!(results.len(), count + 1);
+    for result in &results[..count] {
+        assert!(matches!(result, Ok(Response::Put(_))), "{result:?}");
+    }
+    assert!(matches!(results[count], Ok(Response::Pong)));
+    for i in 0..count {
+        let owner = ring.owner(ring.partition_of(&key(i)));
+        let (replica, other) = if owner == 1 { (&a, &b) } else { (&b, &a) };
+        assert!(replica.holds(&key(i)) && !other.holds(&key(i)), "key {i} on node {owner}");
+    }
+    assert!(a.count(Kind::PUT) > 0 && b.count(Kind::PUT) > 0, "both nodes own keys");
+
+    let mut gets = Batch::new();
+    for i in 0..count {
+        gets.get(&key(i));
+    }
+    let results = client.execute(&gets).expect("connections");
+    for (i, result) in results.into_iter().enumerate() {
+        let Ok(Response::Get(read)) = result else { panic!("get {i}: {result:?}") };
+        assert_eq!(read.values, [format!("value:{i}").into_bytes()], "get {i}");
+    }
+    for node in [&a, &b] {
+        assert_eq!(node.accepted.load(Ordering::SeqCst), 1, "one connection per node");
+        assert!(node.frames_per_read_max.load(Ordering::SeqCst) > 1, "pipelined");
+    }
+}
+
+#[test]
+fn ring_and_inspect_ask_the_node_connected_to() {
+    let (a, b) = (TestNode::start(), TestNode::start());
+    let ring = ring_of(&[(1, a.addr), (2, b.addr)], 1);
+    a.set_ring(&ring, 1);
+    b.set_ring(&ring, 1);
+    b.node.lock().expect("not poisoned").actor = holdfast_net::Actor::new(2, 0);
+    let on_b = key_led_by(&ring, 1, &[2]);
+    let client = Client::connect(&[a.addr], routing_options()).expect("connect");
+    let info = client.ring().expect("ring");
+    assert_eq!((info.node, info.n, info.ring.as_ref()), (1, 1, Some(&ring)));
+    client.put(&on_b, b"v", None).expect("put");
+
+    // Inspect is never routed: each client asks the node it was given.
+    let from_a = client.inspect(&on_b).expect("inspect a");
+    assert_eq!((from_a.node, from_a.replica), (1, false));
+    assert!(from_a.set.is_empty());
+    let only_b = Client::connect(&[b.addr], routing_options()).expect("connect");
+    let from_b = only_b.inspect(&on_b).expect("inspect b");
+    assert_eq!((from_b.node, from_b.replica), (2, true));
+    assert_eq!(from_b.partition, ring.partition_of(&on_b));
+    assert_eq!(from_b.set.values().collect::<Vec<_>>(), [b"v".as_slice()]);
 }

@@ -347,8 +347,7 @@ fn dot_text(dot: Dot) -> String {
 }
 
 fn clock_text(clock: &VersionVector) -> String {
-    let entries: Vec<String> =
-        clock.iter().map(|(actor, counter)| entry(actor, counter)).collect();
+    let entries: Vec<String> = clock.iter().map(|(actor, counter)| entry(actor, counter)).collect();
     format!("[{}]", entries.join(", "))
 }
 
@@ -366,11 +365,13 @@ fn percent(part: u32, whole: u32) -> String {
 }
 
 /// A client of the one node at `addr`, which waits at most `timeout`.
+/// It does not route by the ring: every request here is about that node.
 fn client(addr: &str, timeout: Duration) -> Result<Client> {
     let options = ClientOptions {
         timeout,
         connect_timeout: timeout,
         pool_size: 1,
+        route_by_ring: false,
         ..ClientOptions::default()
     };
     Client::connect(&[addr], options).with_context(|| format!("connecting to {addr}"))
@@ -476,7 +477,9 @@ mod tests {
             "member 0000000000000001  127.0.0.1:7071  zone -       weight 1  partitions 342 \
              (33.4%)  up"
         );
-        assert!(lines[3].ends_with("zone rack-b  weight 1  partitions 341 (33.3%)  up  (this node)"));
+        assert!(
+            lines[3].ends_with("zone rack-b  weight 1  partitions 341 (33.3%)  up  (this node)")
+        );
         assert!(lines[4].ends_with("(33.3%)  down"), "{}", lines[4]);
         assert_eq!(lines.len(), 5);
         let owned: u32 = report.ring.unwrap().members.iter().map(|m| m.partitions_owned).sum();
@@ -492,7 +495,8 @@ mod tests {
         let text = report.to_text();
         assert!(text.contains(&format!("key cart:alice  partition {partition}\n")), "{text}");
         for (rank, id) in expected.iter().enumerate() {
-            let line = format!("replica {}  {}  127.0.0.1:{}\n", rank + 1, node_hex(*id), 7070 + id);
+            let line =
+                format!("replica {}  {}  127.0.0.1:{}\n", rank + 1, node_hex(*id), 7070 + id);
             assert!(text.contains(&line), "no {line:?} in {text}");
         }
         let json = report.to_json();
@@ -535,8 +539,13 @@ mod tests {
         set.add(Version { dot: Dot::new(a, 1), clock: VersionVector::new(), value: None });
         let seen: VersionVector = [Dot::new(a, 1)].into_iter().collect();
         set.add(Version { dot: Dot::new(b, 3), clock: seen, value: Some(b"apples".to_vec()) });
-        set.add(Version { dot: Dot::new(a, 2), clock: VersionVector::new(), value: Some(vec![0xff]) });
-        let report = InspectReport { key: "k".into(), node: 0xab, partition: 7, replica: true, set };
+        set.add(Version {
+            dot: Dot::new(a, 2),
+            clock: VersionVector::new(),
+            value: Some(vec![0xff]),
+        });
+        let report =
+            InspectReport { key: "k".into(), node: 0xab, partition: 7, replica: true, set };
         assert_eq!(
             report.to_text(),
             "node 00000000000000ab  key k  partition 7  replica yes\n\

@@ -158,6 +158,8 @@ fn probe_client(addr: SocketAddr) -> Result<Client, String> {
     let options = ClientOptions {
         timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(500),
+        // This node, not the key's replicas.
+        route_by_ring: false,
         ..ClientOptions::default()
     };
     Client::connect(&[addr], options).map_err(|error| format!("connect: {error}"))
@@ -424,9 +426,17 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// A client of node `i` alone.
+    /// A client of node `i` alone (requests go to node `i`, which
+    /// coordinates or forwards them, rather than straight to a replica).
     pub fn client(&self, i: usize) -> Client {
-        Client::connect(&[self.addrs[i]], ClientOptions::default()).unwrap()
+        let options = ClientOptions { route_by_ring: false, ..ClientOptions::default() };
+        Client::connect(&[self.addrs[i]], options).unwrap()
+    }
+
+    /// A client of the whole cluster, routing each request to a replica of
+    /// its key by the ring it fetches.
+    pub fn cluster_client(&self) -> Client {
+        Client::connect(&self.addrs, ClientOptions::default()).unwrap()
     }
 
     /// `holdfast ARGS --addr (node i)`, which must succeed.

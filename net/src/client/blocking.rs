@@ -253,11 +253,13 @@ enum Target {
 }
 
 /// Idle connections and what the client learned about reaching nodes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pools {
-    /// At most [`ClientOptions::pool_size`] per address. Addresses are the
-    /// seeds and the current ring's members: the others are dropped when a
-    /// new ring arrives.
+    /// The seeds and the usable addresses of the current ring's members:
+    /// the only addresses connections are pooled for.
+    known: BTreeSet<SocketAddr>,
+    /// At most [`ClientOptions::pool_size`] per address of `known`; the
+    /// others are dropped when a new ring arrives.
     idle: BTreeMap<SocketAddr, Vec<Connection>>,
     /// Nodes that refused a connection, and until when they are tried last.
     /// Expired entries go on the next look, so this holds at most the
@@ -289,15 +291,17 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A batch's operations bound for one connection.
 #[derive(Debug)]
 struct Lane {
-    target: Target,
+    /// Whether some of them went to the node as a replica of their key (not
+    /// only as a seed).
+    routed: bool,
     connection: Connection,
     /// Indices into the batch, in batch order.
     indices: Vec<usize>,
 }
 
-/// A lane run to the end: where it went, its connection (to check in) and
-/// its outcomes.
-type LaneDone = (Target, Connection, Vec<(usize, Result<Response, ClientError>)>);
+/// A lane run to the end: whether it was routed, its connection (to check
+/// in) and its outcomes.
+type LaneDone = (bool, Connection, Vec<(usize, Result<Response, ClientError>)>);
 
 impl Client {
     /// Resolves `addrs` (the seeds) and opens one connection, to check that
@@ -336,10 +340,11 @@ impl Client {
             last_fetch: None,
             fetching: false,
         };
+        let known = resolved.iter().copied().collect();
         let client = Client {
             seeds: resolved,
             options,
-            pools: Mutex::new(Pools::default()),
+            pools: Mutex::new(Pools { known, idle: BTreeMap::new(), down_until: BTreeMap::new() }),
             next_seed: AtomicUsize::new(0),
             routing: Mutex::new(routing),
         };
@@ -486,8 +491,7 @@ impl Client {
         };
         let mut results: Vec<Option<Result<Response, ClientError>>> =
             operations.iter().map(|_| None).collect();
-        for (target, connection, outcomes) in done {
-            let routed = matches!(target, Target::Node(_));
+        for (routed, connection, outcomes) in done {
             for (index, result) in outcomes {
                 if suggests_ring_changed(&result, routed) {
                     self.ring_suspect();
@@ -504,14 +508,15 @@ impl Client {
     }
 
     /// Gives each operation a connection: to the first target of its key
-    /// that accepts one, else to the seeds. One connection per target.
+    /// that accepts one, else to the seeds. One connection per address: an
+    /// operation for the seeds shares a lane with one routed to a seed.
     fn open_lanes(
         &self,
         operations: &[Operation],
         router: Option<&Router>,
     ) -> Result<Vec<Lane>, ClientError> {
         let down = self.down_now();
-        let mut lanes: BTreeMap<Target, Lane> = BTreeMap::new();
+        let mut lanes: BTreeMap<SocketAddr, Lane> = BTreeMap::new();
         let mut unreachable: BTreeSet<SocketAddr> = BTreeSet::new();
         for (index, operation) in operations.iter().enumerate() {
             let targets = match (router, operation.routing_key()) {
@@ -526,14 +531,26 @@ impl Client {
                 if matches!(target, Target::Node(addr) if unreachable.contains(&addr)) {
                     continue;
                 }
-                if let Some(lane) = lanes.get_mut(&target) {
+                let routed = matches!(target, Target::Node(_));
+                let open = match target {
+                    Target::Node(addr) => lanes.get_mut(&addr),
+                    Target::Seeds => {
+                        let seed = self.seeds.iter().find(|addr| lanes.contains_key(addr));
+                        seed.copied().and_then(|addr| lanes.get_mut(&addr))
+                    }
+                };
+                if let Some(lane) = open {
                     lane.indices.push(index);
+                    lane.routed |= routed;
                     placed = true;
                     break;
                 }
                 match self.check_out(target) {
                     Ok(connection) => {
-                        lanes.insert(target, Lane { target, connection, indices: vec![index] });
+                        let addr = connection.addr;
+                        let lane = Lane { routed, connection, indices: vec![index] };
+                        let previous = lanes.insert(addr, lane);
+                        assert!(previous.is_none(), "one lane per address");
                         placed = true;
                         break;
                     }
@@ -584,7 +601,7 @@ impl Client {
 
     /// Pipelines a lane's operations on its connection.
     fn run_lane(&self, lane: Lane, operations: &[Operation]) -> LaneDone {
-        let Lane { target, mut connection, indices } = lane;
+        let Lane { routed, mut connection, indices } = lane;
         let mut outcomes = Vec::with_capacity(indices.len());
         let mut index_of: BTreeMap<RequestId, usize> = BTreeMap::new();
         let mut next = 0;
@@ -612,7 +629,7 @@ impl Client {
         }
         assert!(index_of.is_empty());
         assert_eq!(outcomes.len(), indices.len());
-        (target, connection, outcomes)
+        (routed, connection, outcomes)
     }
 
     /// Runs one operation: a routed one on the first target of its key
@@ -707,6 +724,7 @@ impl Client {
         let mut pools = lock(&self.pools);
         pools.idle.retain(|addr, _| keep.contains(addr));
         pools.down_until.retain(|addr, _| keep.contains(addr));
+        pools.known = keep;
     }
 
     /// Something suggests the ring changed: fetch it on the next request,
@@ -755,13 +773,17 @@ impl Client {
     }
 
     /// Returns a connection to its address's pool if it is healthy, idle,
-    /// and the pool has room; otherwise closes it.
+    /// the address still belongs to the cluster, and the pool has room;
+    /// otherwise closes it.
     fn check_in(&self, mut connection: Connection) {
         if connection.core.is_closed() || connection.core.in_flight() > 0 {
             return;
         }
         connection.last_used = Instant::now();
         let mut pools = lock(&self.pools);
+        if !pools.known.contains(&connection.addr) {
+            return;
+        }
         let idle = pools.idle.entry(connection.addr).or_default();
         if idle.len() < self.options.pool_size {
             idle.push(connection);
