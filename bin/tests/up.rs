@@ -18,8 +18,8 @@ use support::{
     wait_for_all,
 };
 
-/// Node `i` takes a write and reads it back. Each node is checked on its
-/// own: today every node is still a standalone store.
+/// Every node takes a write and reads it back (each coordinates or forwards
+/// its own requests).
 fn put_then_get_on_each_node(cluster: &Cluster) {
     for i in 0..cluster.addrs().len() {
         let (key, value) = (format!("key-{i}"), format!("value-{i}"));

@@ -29,6 +29,7 @@ use holdfast_net::message::ErrorCode;
 use holdfast_net::siblings::{DecodeError, DecodeLimits, VERSIONS_MAX};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 
+use crate::cluster::coordinator::{LocalOp, LocalResult};
 use crate::disk::Disk;
 use crate::store::{ReadError, Store, WriteError};
 
@@ -223,6 +224,27 @@ impl<D: Disk> Replica<D> {
         }
         result?;
         Ok((set, outcome))
+    }
+
+    /// Carries out a coordinator's local operation (what both the node and
+    /// the simulator do with `Action::Local`) and reports how it ended.
+    pub async fn apply(&self, local: LocalOp) -> LocalResult {
+        let failed = |error: ReplicaError| LocalResult::Failed {
+            code: error.code(),
+            message: error.to_string(),
+        };
+        match local {
+            LocalOp::Read { partition, key } => {
+                self.read(partition, &key).await.map_or_else(failed, LocalResult::Read)
+            }
+            LocalOp::Write { partition, key, context, value } => self
+                .write(partition, &key, &context, value)
+                .await
+                .map_or_else(failed, |(set, dot)| LocalResult::Written { set, dot }),
+            LocalOp::Merge { partition, key, set } => {
+                self.merge(partition, &key, &set).await.map_or_else(failed, |_| LocalResult::Merged)
+            }
+        }
     }
 
     /// Waits until no other write of `key` is in progress on this shard.

@@ -4,6 +4,10 @@
 //! Every test prints the seed it failed on; `HOLDFAST_SEED=<n>` replays one
 //! seed, and `HOLDFAST_SEEDS=<n>` changes how many run.
 
+mod support;
+
+use support::for_seeds;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -44,25 +48,6 @@ fn disk(seed: u64) -> SimDisk {
 fn open(disk: &SimDisk) -> Store<SimDisk> {
     let (store, _) = block_on(Store::open(disk.clone(), options())).expect("open");
     store
-}
-
-/// Runs `test` for every seed, naming the seed that failed.
-fn for_seeds(default_count: u64, test: impl Fn(u64)) {
-    if let Ok(seed) = std::env::var("HOLDFAST_SEED") {
-        test(seed.parse().expect("HOLDFAST_SEED is a number"));
-        return;
-    }
-    let count = std::env::var("HOLDFAST_SEEDS")
-        .ok()
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(default_count);
-    for seed in 0..count {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(seed)));
-        if let Err(panic) = outcome {
-            eprintln!("failed on seed {seed}; replay with HOLDFAST_SEED={seed}");
-            std::panic::resume_unwind(panic);
-        }
-    }
 }
 
 fn random_key(rng: &mut ChaCha8Rng) -> Key {

@@ -600,7 +600,7 @@ impl Sim {
         let replica = &running.replica;
         match work {
             Work::Coordinator { op, local } => {
-                let result = block_on(run_local(replica, local));
+                let result = block_on(replica.apply(local));
                 self.step(node, Input::Local { op, result });
             }
             Work::Serve { from, op, request } => {
@@ -611,7 +611,7 @@ impl Sim {
                     }
                     PeerRequest::Coordinate(_) => unreachable!("coordinated on delivery"),
                 };
-                let reply = match block_on(run_local(replica, local)) {
+                let reply = match block_on(replica.apply(local)) {
                     LocalResult::Read(set) => PeerReply::Read(set),
                     LocalResult::Merged => PeerReply::Written,
                     LocalResult::Failed { code, message } => PeerReply::Failed { code, message },
@@ -755,25 +755,5 @@ impl std::fmt::Debug for Sim {
             .field("queued", &self.queue.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
-    }
-}
-
-/// Runs a local operation on a replica.
-async fn run_local(replica: &Replica<SimDisk>, local: LocalOp) -> LocalResult {
-    let failed = |error: crate::replica::ReplicaError| LocalResult::Failed {
-        code: error.code(),
-        message: error.to_string(),
-    };
-    match local {
-        LocalOp::Read { partition, key } => {
-            replica.read(partition, &key).await.map_or_else(failed, LocalResult::Read)
-        }
-        LocalOp::Write { partition, key, context, value } => replica
-            .write(partition, &key, &context, value)
-            .await
-            .map_or_else(failed, |(set, dot)| LocalResult::Written { set, dot }),
-        LocalOp::Merge { partition, key, set } => {
-            replica.merge(partition, &key, &set).await.map_or_else(failed, |_| LocalResult::Merged)
-        }
     }
 }

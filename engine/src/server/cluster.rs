@@ -175,24 +175,7 @@ impl Shard {
     }
 
     async fn run_local(self: Rc<Self>, local: LocalOp) -> LocalResult {
-        let failed = |error: crate::replica::ReplicaError| LocalResult::Failed {
-            code: error.code(),
-            message: error.to_string(),
-        };
-        let replica = &self.replica;
-        match local {
-            LocalOp::Read { partition, key } => {
-                replica.read(partition, &key).await.map_or_else(failed, LocalResult::Read)
-            }
-            LocalOp::Write { partition, key, context, value } => replica
-                .write(partition, &key, &context, value)
-                .await
-                .map_or_else(failed, |(set, dot)| LocalResult::Written { set, dot }),
-            LocalOp::Merge { partition, key, set } => replica
-                .merge(partition, &key, &set)
-                .await
-                .map_or_else(failed, |_| LocalResult::Merged),
-        }
+        self.replica.apply(local).await
     }
 
     /// Queues `request` on the link to `to`; `Err` with the failure if it

@@ -101,7 +101,7 @@ pub(crate) fn form(
                     }
                 }
                 Err(error) => {
-                    if attempts % 25 == 0 {
+                    if attempts.is_multiple_of(25) {
                         tracing::info!(%seed, %error, "waiting for a seed");
                     }
                     still.push(seed);
