@@ -53,6 +53,20 @@ pub struct ServeArgs {
     /// The other nodes of the cluster, by address, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
     pub seeds: Option<Vec<SocketAddr>>,
+    #[command(flatten)]
+    pub quorums: QuorumArgs,
+    /// This node's share of the partitions relative to the others' (default 1).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// The failure zone (rack, availability zone) this node is in; replicas
+    /// are spread over zones. Default: none.
+    #[arg(long)]
+    pub zone: Option<String>,
+}
+
+/// N, R and W on the command line (`serve` and `up`).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct QuorumArgs {
     /// Replicas per key (default 3, or the node count if smaller).
     #[arg(long, value_name = "N")]
     pub n: Option<u8>,
@@ -62,13 +76,6 @@ pub struct ServeArgs {
     /// Replicas that must acknowledge a write (default 2, or N if smaller).
     #[arg(long, value_name = "W")]
     pub w: Option<u8>,
-    /// This node's share of the partitions relative to the others' (default 1).
-    #[arg(long)]
-    pub weight: Option<u32>,
-    /// The failure zone (rack, availability zone) this node is in; replicas
-    /// are spread over zones. Default: none.
-    #[arg(long)]
-    pub zone: Option<String>,
 }
 
 /// The config file's settings. Every field is optional; unknown fields are
@@ -155,17 +162,20 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     let others = options.seeds.iter().filter(|seed| **seed != options.listen).count();
     let nodes = u8::try_from(others.saturating_add(1)).unwrap_or(u8::MAX);
     let defaults = ClusterOptions::default();
-    let n = args.n.or(file.n).unwrap_or(defaults.n.min(nodes));
+    let quorums = args.quorums;
     options.cluster = ClusterOptions {
-        n,
-        r: args.r.or(file.r).unwrap_or(defaults.r.min(n)),
-        w: args.w.or(file.w).unwrap_or(defaults.w.min(n)),
         request_timeout: file
             .request_timeout_ms
             .map_or(defaults.request_timeout, Duration::from_millis),
         read_repair_wait: file
             .read_repair_wait_ms
             .map_or(defaults.read_repair_wait, Duration::from_millis),
+        ..ClusterOptions::fitted(
+            nodes,
+            quorums.n.or(file.n),
+            quorums.r.or(file.r),
+            quorums.w.or(file.w),
+        )
     };
     options.cluster.validate().map_err(|error| anyhow!("invalid cluster settings: {error}"))?;
     if options.cluster.request_timeout.is_zero() {

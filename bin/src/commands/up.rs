@@ -29,8 +29,7 @@
 //!   which lives as long as `up` does.
 
 use std::ffi::OsString;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -41,9 +40,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use holdfast_engine::cluster::ClusterOptions;
+use holdfast_engine::server::someone_listens_on;
 use holdfast_engine::store::SyncPolicy;
 
 use super::Outcome;
+use super::serve::QuorumArgs;
 
 /// The most nodes one `up` runs: a local cluster is for trying things, and
 /// every node is a process with its own io_uring and buffers.
@@ -76,15 +77,8 @@ pub struct UpArgs {
     /// nodes' default when not given).
     #[arg(long)]
     pub fsync: Option<SyncPolicy>,
-    /// Replicas per key (default: 3, or the node count if smaller).
-    #[arg(long, value_name = "N")]
-    pub n: Option<u8>,
-    /// Replicas that must answer a read (default: 2, or N if smaller).
-    #[arg(long, value_name = "R")]
-    pub r: Option<u8>,
-    /// Replicas that must acknowledge a write (default: 2, or N if smaller).
-    #[arg(long, value_name = "W")]
-    pub w: Option<u8>,
+    #[command(flatten)]
+    pub quorums: QuorumArgs,
 }
 
 /// One node of the cluster, as it will be started.
@@ -101,15 +95,9 @@ pub struct NodePlan {
 /// N). Refuses quorums that cannot be met, and an N the cluster cannot
 /// place on distinct nodes.
 fn quorums(args: &UpArgs) -> Result<(u8, u8, u8)> {
-    let defaults = ClusterOptions::default();
     let nodes = u8::try_from(args.nodes).unwrap_or(u8::MAX);
-    let n = args.n.unwrap_or(defaults.n.min(nodes));
-    let cluster = ClusterOptions {
-        n,
-        r: args.r.unwrap_or(defaults.r.min(n)),
-        w: args.w.unwrap_or(defaults.w.min(n)),
-        ..defaults
-    };
+    let QuorumArgs { n, r, w } = args.quorums;
+    let cluster = ClusterOptions::fitted(nodes, n, r, w);
     cluster.validate().map_err(|error| anyhow!("invalid cluster settings: {error}"))?;
     if u16::from(cluster.n) > args.nodes {
         bail!(
@@ -165,37 +153,22 @@ pub fn plan(args: &UpArgs) -> Result<Vec<NodePlan>> {
     Ok(plans)
 }
 
-/// Fails, naming the first taken port, unless every node's address can be
-/// bound now. All are held until the last is checked, then released.
+/// Fails, naming the first taken port, unless nothing listens on any
+/// node's address (the nodes' own start-up check, run early so that no
+/// node starts when one cannot).
 fn check_ports_free(plans: &[NodePlan]) -> Result<()> {
-    let mut held = Vec::with_capacity(plans.len());
     for (i, plan) in plans.iter().enumerate() {
-        match TcpListener::bind(plan.addr) {
-            Ok(listener) => held.push(listener),
-            Err(error) if error.kind() == ErrorKind::AddrInUse => {
-                // Unbindable but refusing connections: nobody listens;
-                // connections a node accepted there linger in TIME_WAIT
-                // (with the node's SO_REUSEPORT, which this probe lacks).
-                // The node's own bind succeeds, and its start-up check
-                // tells the two cases apart the same way.
-                let probe = TcpStream::connect_timeout(&plan.addr, Duration::from_millis(500));
-                if probe.is_err_and(|error| error.kind() == ErrorKind::ConnectionRefused) {
-                    continue;
-                }
-                bail!(
-                    "{} (node {i}'s port) is taken by another process: stop it or choose another \
-                     --base-port; no node was started",
-                    plan.addr
-                );
-            }
-            Err(error) => {
-                return Err(error).with_context(|| {
-                    format!("cannot bind {} to check it is free; no node was started", plan.addr)
-                });
-            }
+        let taken = someone_listens_on(plan.addr).with_context(|| {
+            format!("cannot bind {} to check it is free; no node was started", plan.addr)
+        })?;
+        if taken {
+            bail!(
+                "{} (node {i}'s port) is taken by another process: stop it or choose another \
+                 --base-port; no node was started",
+                plan.addr
+            );
         }
     }
-    drop(held);
     Ok(())
 }
 

@@ -588,6 +588,7 @@ impl Coordinator {
             unreachable!("progress of a read that is not one")
         };
         let (answered, n) = (read.answered(), read.replicas.len());
+        let all_in = answered + read.failed == n;
         if !read.replied {
             if answered >= read.r {
                 read.replied = true;
@@ -595,12 +596,13 @@ impl Coordinator {
                 let values = merged.values().map(<[u8]>::to_vec).collect();
                 let reply = ClientReply::Get { values, context: merged.context() };
                 out.push(Action::Reply { client: read.client, reply });
-                if answered + read.failed < n {
+                if !all_in {
                     // Wait a little for the rest, to repair them too.
                     read.deadline = now + self.options.read_repair_wait;
                     out.push(Action::Timer { op, at: read.deadline });
                 }
-            } else if answered + (n - answered - read.failed) < read.r {
+            } else if n - read.failed < read.r {
+                // Even if every replica still out answers, R is out of reach.
                 let (r, failed, client) = (read.r, read.failed, read.client);
                 read.replied = true;
                 self.stats.unavailable += 1;
@@ -611,7 +613,7 @@ impl Coordinator {
                 refuse(out, client, ErrorCode::Unavailable, &message);
             }
         }
-        if answered + read_failed(&self.operations, op) == n {
+        if all_in {
             self.finish_read(op, out);
         }
     }
@@ -665,7 +667,8 @@ impl Coordinator {
                 write.replied = true;
                 let reply = ClientReply::Put { context: set.context(), dot: *dot };
                 out.push(Action::Reply { client: write.client, reply });
-            } else if write.acks + (n - write.acks - write.failed) < write.w {
+            } else if n - write.failed < write.w {
+                // Even if every replica still out acknowledges, W is out of reach.
                 let (acks, failed, w, client) = (write.acks, write.failed, write.w, write.client);
                 write.replied = true;
                 self.stats.unavailable += 1;
@@ -697,13 +700,6 @@ impl ReadOp {
             merged.merge(set);
         }
         merged
-    }
-}
-
-fn read_failed(operations: &BTreeMap<OpId, Operation>, op: OpId) -> usize {
-    match operations.get(&op) {
-        Some(Operation::Read(read)) => read.failed,
-        _ => 0,
     }
 }
 

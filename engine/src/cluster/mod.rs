@@ -45,6 +45,21 @@ impl Default for ClusterOptions {
 }
 
 impl ClusterOptions {
+    /// The options for a cluster of `nodes` nodes: N, R and W as given, and
+    /// for those not given the defaults lowered to fit (N at most the node
+    /// count, R and W at most N), so a one-node cluster runs with N = R =
+    /// W = 1 unasked. Given values are kept as they are, for `validate`.
+    pub fn fitted(nodes: u8, n: Option<u8>, r: Option<u8>, w: Option<u8>) -> ClusterOptions {
+        let defaults = ClusterOptions::default();
+        let n = n.unwrap_or(defaults.n.min(nodes.max(1)));
+        ClusterOptions {
+            n,
+            r: r.unwrap_or(defaults.r.min(n)),
+            w: w.unwrap_or(defaults.w.min(n)),
+            ..defaults
+        }
+    }
+
     /// Checks `1 <= R, W <= N`.
     pub fn validate(&self) -> Result<(), String> {
         if self.n == 0 {

@@ -41,6 +41,7 @@ use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::siblings::DecodeLimits;
 use holdfast_net::{SiblingSet, VersionVector};
 
+use super::connection::gather;
 use super::shard::Shard;
 use crate::cluster::coordinator::{
     Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, LocalResult, OpId,
@@ -243,11 +244,7 @@ impl Shard {
     ) {
         let mut batch = Vec::new();
         while let Some(first) = queued.next().await {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while let Ok(more) = queued.try_recv() {
-                batch.extend_from_slice(&more);
-            }
+            gather(&mut batch, &first, &mut queued);
             let connecting = std::pin::pin!(TcpStream::connect(link.addr));
             let timeout = std::pin::pin!(glommio::timer::sleep(CONNECT_TIMEOUT));
             let stream = match select(connecting, timeout).await {
@@ -274,13 +271,7 @@ impl Shard {
                 let next = std::pin::pin!(queued.next());
                 let broken = std::pin::pin!(closed.wait());
                 match select(next, broken).await {
-                    Either::Left((Some(frame), _)) => {
-                        batch.clear();
-                        batch.extend_from_slice(&frame);
-                        while let Ok(more) = queued.try_recv() {
-                            batch.extend_from_slice(&more);
-                        }
-                    }
+                    Either::Left((Some(frame), _)) => gather(&mut batch, &frame, &mut queued),
                     Either::Left((None, _)) => return,
                     Either::Right(_) => break,
                 }

@@ -30,6 +30,20 @@ use super::shard::Shard;
 
 const READ_BUFFER_BYTES: usize = 64 << 10;
 
+/// Puts `first` and every frame already queued behind it into `batch`, so
+/// that they go out in one write.
+pub(crate) fn gather(
+    batch: &mut Vec<u8>,
+    first: &[u8],
+    queued: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    batch.clear();
+    batch.extend_from_slice(first);
+    while let Ok(more) = queued.try_recv() {
+        batch.extend_from_slice(&more);
+    }
+}
+
 /// Serves one connection until the client closes it, it misbehaves, or
 /// the shard shuts down.
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -41,11 +55,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let writing = glommio::spawn_local(async move {
         let mut batch = Vec::new();
         while let Some(first) = queued.next().await {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while let Ok(more) = queued.try_recv() {
-                batch.extend_from_slice(&more);
-            }
+            gather(&mut batch, &first, &mut queued);
             if writer.write_all(&batch).await.is_err() {
                 break;
             }

@@ -142,21 +142,26 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
     Ok(file)
 }
 
-/// Fails if another process listens on `addr`. The shards bind with
+/// Fails if another process listens on `addr`: the shards bind with
 /// `SO_REUSEPORT`, which would silently share the port (and split the
-/// connections) with a leftover process; a plain bind first does not.
-///
-/// A plain bind also fails while connections that were accepted on the
-/// port linger in TIME_WAIT (they inherit the shards' `SO_REUSEPORT`, which
-/// the probe lacks), though nothing listens and the shards' own bind would
-/// succeed. So a refused bind is confirmed by connecting: only a listener
-/// accepts.
+/// connections) with a leftover process.
 fn refuse_a_taken_address(addr: SocketAddr) -> Result<(), ServerError> {
+    if someone_listens_on(addr)? {
+        return Err(ServerError::AddressInUse(addr));
+    }
+    Ok(())
+}
+
+/// Whether a process listens on `addr` now: a plain bind (without
+/// `SO_REUSEPORT`) fails. A bind also fails while connections that were
+/// accepted on the port linger in TIME_WAIT (they inherit the shards'
+/// `SO_REUSEPORT`, which the probe lacks), though nothing listens and the
+/// shards' own bind would succeed; so a refused bind is confirmed by
+/// connecting: only a listener accepts. `holdfast up` checks its ports
+/// with this too.
+pub fn someone_listens_on(addr: SocketAddr) -> std::io::Result<bool> {
     match std::net::TcpListener::bind(addr) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
-        }
+        Ok(_) => Ok(false),
         Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
             let probe = if addr.ip().is_unspecified() {
                 SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -164,15 +169,14 @@ fn refuse_a_taken_address(addr: SocketAddr) -> Result<(), ServerError> {
                 addr
             };
             match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
-                Ok(_) => Err(ServerError::AddressInUse(addr)),
                 Err(refused) if refused.kind() == std::io::ErrorKind::ConnectionRefused => {
                     tracing::info!(%addr, "the port has lingering connections but no listener");
-                    Ok(())
+                    Ok(false)
                 }
-                Err(_) => Err(ServerError::AddressInUse(addr)),
+                _ => Ok(true),
             }
         }
-        Err(error) => Err(ServerError::Io(error)),
+        Err(error) => Err(error),
     }
 }
 
