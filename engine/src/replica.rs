@@ -18,6 +18,19 @@
 //! A queued write that then fails (a full disk) may still reach the disk
 //! inside a later write of the same key built on it. Its client was told
 //! the outcome is unknown, which allows exactly that.
+//!
+//! # Hints
+//!
+//! A node that takes a write in place of a key's owner (sloppy quorum)
+//! merges the set into its own store like any replica write, so it can
+//! serve reads of it and, coordinating, never reissue a dot; and it records
+//! a hint: in the store's hint space (partition `p | HINT_PARTITION_BIT`,
+//! the same key), the owners it holds the key for, each with a token (the
+//! hash of the set it last recorded for them). Both are durable before the
+//! write is acknowledged. Delivery sends the key's current set to the owner
+//! and then drops the hint only if its token is unchanged, so a hinted
+//! write that lands meanwhile is delivered by the next pass, never lost.
+//! Hints survive restarts because they are ordinary store records.
 
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -29,9 +42,10 @@ use holdfast_net::message::ErrorCode;
 use holdfast_net::siblings::{DecodeError, DecodeLimits, VERSIONS_MAX};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 
-use crate::cluster::coordinator::{LocalOp, LocalResult};
+use crate::cluster::coordinator::{Hint, LocalOp, LocalResult};
 use crate::disk::Disk;
 use crate::store::{ReadError, Store, WriteError};
+use holdfast_net::ring::NodeId;
 
 /// Why a replica operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +153,132 @@ impl<D: Disk> Replica<D> {
         Ok((set, dot.expect("a write always changes the set")))
     }
 
+    /// [`write`](Self::write), and with a `hint` also records that this
+    /// node holds the key for that owner, durably.
+    pub async fn write_hinted(
+        &self,
+        partition: u32,
+        key: &[u8],
+        context: &VersionVector,
+        value: Option<Vec<u8>>,
+        hint: Option<NodeId>,
+    ) -> Result<(SiblingSet, Dot), ReplicaError> {
+        let (set, dot) = self.write(partition, key, context, value).await?;
+        if let Some(owner) = hint {
+            self.record_hint(partition, key, owner, token(&set)).await?;
+        }
+        Ok((set, dot))
+    }
+
+    /// [`merge`](Self::merge), and with a `hint` also records that this node
+    /// holds the key for that owner, durably.
+    pub async fn merge_hinted(
+        &self,
+        partition: u32,
+        key: &[u8],
+        incoming: &SiblingSet,
+        hint: Option<NodeId>,
+    ) -> Result<SiblingSet, ReplicaError> {
+        let set = self.merge(partition, key, incoming).await?;
+        if let Some(owner) = hint {
+            self.record_hint(partition, key, owner, token(&set)).await?;
+        }
+        Ok(set)
+    }
+
+    async fn record_hint(
+        &self,
+        partition: u32,
+        key: &[u8],
+        owner: NodeId,
+        token: u64,
+    ) -> Result<(), ReplicaError> {
+        let space = partition | HINT_PARTITION_BIT;
+        let _latch = self.latch(space, key).await;
+        let mut owners = self.hint_owners(space, key).await?;
+        match owners.iter_mut().find(|(id, _)| *id == owner) {
+            Some(entry) if entry.1 == token => return Ok(()),
+            Some(entry) => entry.1 = token,
+            None => owners.push((owner, token)),
+        }
+        owners.sort_unstable();
+        self.store.put(space, key, &encode_hint_owners(&owners)).await?;
+        Ok(())
+    }
+
+    /// The owners (and tokens) a hint record names; a record that does not
+    /// decode is reported and treated as none (anti-entropy repairs what
+    /// its delivery would have).
+    async fn hint_owners(
+        &self,
+        space: u32,
+        key: &[u8],
+    ) -> Result<Vec<(NodeId, u64)>, ReplicaError> {
+        let Some(bytes) = self.store.get(space, key).await? else { return Ok(Vec::new()) };
+        Ok(decode_hint_owners(&bytes).unwrap_or_else(|| {
+            tracing::error!(
+                partition = space & !HINT_PARTITION_BIT,
+                "a hint record does not decode"
+            );
+            Vec::new()
+        }))
+    }
+
+    /// Up to about `limit` keys' hints, ordered by (partition, key, owner),
+    /// starting after the key `after`.
+    pub async fn hints(
+        &self,
+        after: Option<(u32, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, ReplicaError> {
+        let mut hints = Vec::new();
+        let mut keys = 0;
+        let spaces = self.store.partitions().into_iter().filter(|p| p & HINT_PARTITION_BIT != 0);
+        for space in spaces {
+            let partition = space & !HINT_PARTITION_BIT;
+            let start = match &after {
+                Some((after, _)) if partition < *after => continue,
+                Some((after, key)) if partition == *after => Some(key.as_slice()),
+                _ => None,
+            };
+            for key in self.store.keys(space, start, limit - keys) {
+                for (owner, token) in self.hint_owners(space, &key).await? {
+                    hints.push(Hint { partition, key: key.to_vec(), owner, token });
+                }
+                keys += 1;
+            }
+            if keys >= limit {
+                break;
+            }
+        }
+        Ok(hints)
+    }
+
+    /// Drops `hint` after its delivery, unless a newer hinted write changed
+    /// its token since it was listed.
+    pub async fn drop_hint(&self, hint: &Hint) -> Result<(), ReplicaError> {
+        let space = hint.partition | HINT_PARTITION_BIT;
+        let _latch = self.latch(space, &hint.key).await;
+        let mut owners = self.hint_owners(space, &hint.key).await?;
+        let before = owners.len();
+        owners.retain(|&(owner, token)| (owner, token) != (hint.owner, hint.token));
+        if owners.len() == before {
+            return Ok(());
+        }
+        if owners.is_empty() {
+            self.store.remove(space, &hint.key).await?;
+        } else {
+            self.store.put(space, &hint.key, &encode_hint_owners(&owners)).await?;
+        }
+        Ok(())
+    }
+
+    /// Keys this replica holds hints for (for operators).
+    pub fn hinted_keys(&self) -> usize {
+        let spaces = self.store.partitions().into_iter().filter(|p| p & HINT_PARTITION_BIT != 0);
+        spaces.map(|space| self.store.keys(space, None, usize::MAX).len()).sum()
+    }
+
     /// Merges `incoming` (a whole set from a coordinator, a read repair, a
     /// handoff or anti-entropy) into the key's set. Returns the set after
     /// the merge, durable under the store's sync policy: a replica
@@ -237,12 +377,19 @@ impl<D: Disk> Replica<D> {
             LocalOp::Read { partition, key } => {
                 self.read(partition, &key).await.map_or_else(failed, LocalResult::Read)
             }
-            LocalOp::Write { partition, key, context, value } => self
-                .write(partition, &key, &context, value)
+            LocalOp::Write { partition, key, context, value, hint } => self
+                .write_hinted(partition, &key, &context, value, hint)
                 .await
                 .map_or_else(failed, |(set, dot)| LocalResult::Written { set, dot }),
-            LocalOp::Merge { partition, key, set } => {
-                self.merge(partition, &key, &set).await.map_or_else(failed, |_| LocalResult::Merged)
+            LocalOp::Merge { partition, key, set, hint } => self
+                .merge_hinted(partition, &key, &set, hint)
+                .await
+                .map_or_else(failed, |_| LocalResult::Merged),
+            LocalOp::Hints { after, limit } => {
+                self.hints(after, limit).await.map_or_else(failed, LocalResult::Hints)
+            }
+            LocalOp::DropHint(hint) => {
+                self.drop_hint(&hint).await.map_or_else(failed, |()| LocalResult::Merged)
             }
         }
     }
@@ -262,6 +409,32 @@ impl<D: Disk> Replica<D> {
 
 /// Held while a key is being written; forgets the key's latch when the last
 /// writer waiting for it is done, so the map holds only keys in use.
+/// The bit that moves a partition into the store's hint space.
+pub const HINT_PARTITION_BIT: u32 = 1 << 31;
+
+/// A set's hint token: a stable hash of its canonical bytes.
+fn token(set: &SiblingSet) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&set.encode())
+}
+
+/// A hint record: (owner, token) pairs, 16 bytes each, big-endian.
+fn encode_hint_owners(owners: &[(NodeId, u64)]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(owners.len() * 16);
+    for (owner, token) in owners {
+        bytes.extend_from_slice(&owner.to_be_bytes());
+        bytes.extend_from_slice(&token.to_be_bytes());
+    }
+    bytes
+}
+
+fn decode_hint_owners(bytes: &[u8]) -> Option<Vec<(NodeId, u64)>> {
+    if !bytes.len().is_multiple_of(16) {
+        return None;
+    }
+    let word = |chunk: &[u8]| chunk.try_into().ok().map(u64::from_be_bytes);
+    bytes.chunks_exact(16).map(|entry| Some((word(&entry[..8])?, word(&entry[8..])?))).collect()
+}
+
 struct Latch<'a> {
     latches: &'a Latches,
     key: (u32, Box<[u8]>),

@@ -142,7 +142,10 @@ fn a_write_that_cannot_meet_w_says_how_many_acknowledged() {
     assert_eq!(outcome, Outcome::Unknown, "the write is on two replicas, not acknowledged");
     let (code, message) = sim.last_error().expect("an error reply").clone();
     assert_eq!(code, holdfast_net::message::ErrorCode::Unavailable);
-    assert!(message.contains("and 1 failed, so W=3 cannot be met"), "{message}");
+    assert!(
+        message.contains("and 1 failed, and no other node could take the write, so W=3"),
+        "{message}"
+    );
 
     // Cut off (silence rather than a refusal), the coordinator times out.
     sim.restart(replicas[2]);
@@ -153,7 +156,7 @@ fn a_write_that_cannot_meet_w_says_how_many_acknowledged() {
     assert_eq!(outcome, Outcome::Unknown);
     let (code, message) = sim.last_error().expect("an error reply").clone();
     assert_eq!(code, holdfast_net::message::ErrorCode::Timeout);
-    assert!(message.contains("1 of 3 replicas acknowledged in time"), "{message}");
+    assert!(message.contains("1 of 3 nodes asked acknowledged in time"), "{message}");
     // Asking for more replicas than a key has is refused outright.
     sim.heal();
     let outcome = sim.call(2, replicas[0], get("k", 4));

@@ -125,6 +125,7 @@ const _: () = assert!(OFFSET_RESERVED_HIGH + 4 == HEADER_BYTES);
 /// | 130  | `REPLICA_WRITE` | node → node    | [`ReplicaWrite`](crate::message::ReplicaWrite)   |
 /// | 131  | `COORDINATE`    | node → node    | [`Coordinate`](crate::message::Coordinate)       |
 /// | 132  | `HELLO`         | node → node    | [`Hello`](crate::message::Hello)                 |
+/// | 133  | `HINTED_WRITE`  | node → node    | [`HintedWrite`](crate::message::HintedWrite)     |
 /// | 193  | `REPLICA_READ_REPLY` | node → node | [`ReplicaReadReply`](crate::message::ReplicaReadReply) |
 /// | 194  | `REPLICA_WRITE_REPLY` | node → node | [`ReplicaWriteReply`](crate::message::ReplicaWriteReply) |
 /// | 196  | `HELLO_REPLY`   | node → node    | [`HelloReply`](crate::message::HelloReply)            |
@@ -174,6 +175,10 @@ impl Kind {
     pub const COORDINATE: Kind = Kind(0x83);
     /// Node to node: exchange identities and rings.
     pub const HELLO: Kind = Kind(0x84);
+    /// Node to node: merge a sibling set into a fallback node that holds it
+    /// for a key's owner (sloppy quorum); answered by
+    /// [`REPLICA_WRITE_REPLY`](Self::REPLICA_WRITE_REPLY).
+    pub const HINTED_WRITE: Kind = Kind(0x85);
     /// Reply to [`REPLICA_READ`](Self::REPLICA_READ).
     pub const REPLICA_READ_REPLY: Kind = Kind(0xc1);
     /// Reply to [`REPLICA_WRITE`](Self::REPLICA_WRITE).
@@ -239,6 +244,7 @@ impl Kind {
             Kind::REPLICA_WRITE => Some("ReplicaWrite"),
             Kind::COORDINATE => Some("Coordinate"),
             Kind::HELLO => Some("Hello"),
+            Kind::HINTED_WRITE => Some("HintedWrite"),
             Kind::REPLICA_READ_REPLY => Some("ReplicaReadReply"),
             Kind::REPLICA_WRITE_REPLY => Some("ReplicaWriteReply"),
             Kind::HELLO_REPLY => Some("HelloReply"),

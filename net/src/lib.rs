@@ -82,6 +82,7 @@ pub mod client;
 pub mod clock;
 pub mod frame;
 pub mod limits;
+pub mod membership;
 pub mod message;
 pub mod ring;
 pub mod siblings;

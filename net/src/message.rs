@@ -207,6 +207,24 @@ pub struct ReplicaWrite {
     pub set: Vec<u8>,
 }
 
+/// Node to node: a [`ReplicaWrite`] to a fallback node, which holds the set
+/// for `owner` (a node of the key's preference list that is down or slow)
+/// and hands it over when the owner can be reached: sloppy quorum and
+/// hinted handoff. The fallback merges the set and records the hint, both
+/// durably, before it answers [`ReplicaWriteReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HintedWrite {
+    /// The key's partition, as the coordinator's ring places it.
+    pub partition: u32,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The canonical encoding of the set to merge (never empty).
+    pub set: Vec<u8>,
+    /// The owner the fallback holds the set for.
+    pub owner: u64,
+}
+
 /// The merge was applied and is durable under the replica's sync policy.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -467,6 +485,7 @@ message! {
     ReplicaReadReply => Kind::REPLICA_READ_REPLY,
     ReplicaWrite => Kind::REPLICA_WRITE,
     ReplicaWriteReply => Kind::REPLICA_WRITE_REPLY,
+    HintedWrite => Kind::HINTED_WRITE,
     Coordinate => Kind::COORDINATE,
     Hello => Kind::HELLO,
     HelloReply => Kind::HELLO_REPLY,
@@ -476,7 +495,7 @@ message! {
 /// access, which validates the whole archive (bounds, alignment, UTF-8,
 /// every relative pointer) before handing out a reference. Fuzzed by
 /// `net/fuzz/fuzz_targets/decode_frame.rs`.
-fn access_archived<T>(body: &[u8]) -> Result<&T, rancor::Error>
+pub(crate) fn access_archived<T>(body: &[u8]) -> Result<&T, rancor::Error>
 where
     T: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
@@ -712,6 +731,8 @@ pub enum Request<'a> {
         /// The encoded sibling set to merge (decoded by the replica, which
         /// knows its limits).
         set: &'a [u8],
+        /// [`HintedWrite`]: the owner the receiver holds the set for.
+        hint: Option<u64>,
     },
     /// [`Coordinate`] (node to node): the wrapped client frame, unchecked.
     Coordinate {
@@ -823,6 +844,17 @@ impl<'a> Request<'a> {
                     partition: write.partition.to_native(),
                     key,
                     set: write.set.as_slice(),
+                    hint: None,
+                }
+            }
+            Kind::HINTED_WRITE => {
+                let write = frame.access::<HintedWrite>()?;
+                let key = check_key(&write.key, limits)?;
+                Request::ReplicaWrite {
+                    partition: write.partition.to_native(),
+                    key,
+                    set: write.set.as_slice(),
+                    hint: Some(write.owner.to_native()),
                 }
             }
             Kind::COORDINATE => {
@@ -845,7 +877,8 @@ impl<'a> Request<'a> {
             Request::Ring => Kind::RING,
             Request::Inspect { .. } => Kind::INSPECT,
             Request::ReplicaRead { .. } => Kind::REPLICA_READ,
-            Request::ReplicaWrite { .. } => Kind::REPLICA_WRITE,
+            Request::ReplicaWrite { hint: None, .. } => Kind::REPLICA_WRITE,
+            Request::ReplicaWrite { hint: Some(_), .. } => Kind::HINTED_WRITE,
             Request::Coordinate { .. } => Kind::COORDINATE,
             Request::Hello(_) => Kind::HELLO,
         }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use holdfast_engine::cluster::ClusterOptions;
+use holdfast_engine::cluster::{ClusterOptions, DetectorOptions};
 use holdfast_engine::server::{self, ServerOptions};
 use holdfast_engine::store::SyncPolicy;
 use serde::Deserialize;
@@ -103,6 +103,11 @@ pub struct ConfigFile {
     zone: Option<String>,
     request_timeout_ms: Option<u64>,
     read_repair_wait_ms: Option<u64>,
+    hint_after_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    acceptable_pause_ms: Option<u64>,
+    phi_threshold: Option<f64>,
+    handoff_keys_per_second: Option<u32>,
 }
 
 /// The options a node runs with, from the file and then the flags.
@@ -170,6 +175,20 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
         read_repair_wait: file
             .read_repair_wait_ms
             .map_or(defaults.read_repair_wait, Duration::from_millis),
+        hint_after: file.hint_after_ms.map_or(defaults.hint_after, Duration::from_millis),
+        detector: DetectorOptions {
+            heartbeat_interval: file
+                .heartbeat_interval_ms
+                .map_or(defaults.detector.heartbeat_interval, Duration::from_millis),
+            acceptable_pause: file
+                .acceptable_pause_ms
+                .map_or(defaults.detector.acceptable_pause, Duration::from_millis),
+            threshold: file.phi_threshold.unwrap_or(defaults.detector.threshold),
+            ..defaults.detector
+        },
+        handoff_keys_per_second: file
+            .handoff_keys_per_second
+            .unwrap_or(defaults.handoff_keys_per_second),
         ..ClusterOptions::fitted(
             nodes,
             quorums.n.or(file.n),
@@ -180,6 +199,12 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     options.cluster.validate().map_err(|error| anyhow!("invalid cluster settings: {error}"))?;
     if options.cluster.request_timeout.is_zero() {
         bail!("request_timeout_ms must be above 0");
+    }
+    if options.cluster.detector.heartbeat_interval.is_zero() {
+        bail!("heartbeat_interval_ms must be above 0");
+    }
+    if options.cluster.detector.threshold.is_nan() || options.cluster.detector.threshold <= 0.0 {
+        bail!("phi_threshold must be above 0");
     }
     Ok(options)
 }
@@ -249,6 +274,7 @@ mod tests {
                 w: 2,
                 request_timeout: Duration::from_millis(2000),
                 read_repair_wait: Duration::from_millis(50),
+                ..ClusterOptions::default()
             }
         );
     }
@@ -327,6 +353,7 @@ mod tests {
                 "seeds = [\"127.0.0.1:7071\", \"127.0.0.1:7072\"]\n",
                 "n = 3\nr = 3\nw = 1\nweight = 4\nzone = \"eu-1a\"\n",
                 "request_timeout_ms = 750\nread_repair_wait_ms = 0\n",
+                "hint_after_ms = 300\nheartbeat_interval_ms = 250\n",
             ),
         )
         .unwrap();
@@ -341,6 +368,12 @@ mod tests {
                 w: 1,
                 request_timeout: Duration::from_millis(750),
                 read_repair_wait: Duration::ZERO,
+                hint_after: Duration::from_millis(300),
+                detector: DetectorOptions {
+                    heartbeat_interval: Duration::from_millis(250),
+                    ..DetectorOptions::default()
+                },
+                ..ClusterOptions::default()
             }
         );
         // The flags win over the file.

@@ -49,7 +49,7 @@
 //!   default R and W shrink with it, but a request that asks for more than
 //!   there are replicas is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,11 +58,17 @@ use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::{Dot, SiblingSet, VersionVector};
 
 use super::ClusterOptions;
+use super::detector::Detector;
 
 /// Names one coordinated operation; the driver hands it back with the
 /// answers to the operation's actions. Never reused by one coordinator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub u64);
+
+impl OpId {
+    /// The op of every heartbeat: its answers feed the failure detector.
+    pub const HEARTBEAT: OpId = OpId(0);
+}
 
 /// Names whoever is waiting for a reply; chosen by the driver, echoed in
 /// [`Action::Reply`].
@@ -101,16 +107,41 @@ pub enum ClientReply {
     Error { code: ErrorCode, message: String },
 }
 
+/// A write a fallback node holds for a key's owner, to hand over when the
+/// owner can be reached. `token` names the state of the key the hint was
+/// last recorded for: a hint is dropped after delivery only if no newer
+/// hinted write changed it meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hint {
+    pub partition: u32,
+    pub key: Vec<u8>,
+    pub owner: NodeId,
+    pub token: u64,
+}
+
 /// An operation on this node's own replica of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LocalOp {
     /// Read the replica's set.
     Read { partition: u32, key: Vec<u8> },
     /// Coordinate a write: a new version at this node's actor that
-    /// supersedes what `context` covers, persisted before the result.
-    Write { partition: u32, key: Vec<u8>, context: VersionVector, value: Option<Vec<u8>> },
-    /// Merge `set` into the replica's set, persisted before the result.
-    Merge { partition: u32, key: Vec<u8>, set: SiblingSet },
+    /// supersedes what `context` covers, persisted before the result. With
+    /// a `hint`, this node stands in for that owner and records a hint.
+    Write {
+        partition: u32,
+        key: Vec<u8>,
+        context: VersionVector,
+        value: Option<Vec<u8>>,
+        hint: Option<NodeId>,
+    },
+    /// Merge `set` into the replica's set, persisted before the result;
+    /// with a `hint`, also record a hint for that owner, durably.
+    Merge { partition: u32, key: Vec<u8>, set: SiblingSet, hint: Option<NodeId> },
+    /// List up to `limit` hints, in a stable order, after `after` (a
+    /// partition and key), to resume a pass where it stopped.
+    Hints { after: Option<(u32, Vec<u8>)>, limit: usize },
+    /// Drop a delivered hint, unless its token changed since.
+    DropHint(Hint),
 }
 
 /// How a [`LocalOp`] ended.
@@ -120,8 +151,10 @@ pub enum LocalResult {
     Read(SiblingSet),
     /// `Write`: the set after the write and the new version's dot.
     Written { set: SiblingSet, dot: Dot },
-    /// `Merge`: done and durable.
+    /// `Merge` or `DropHint`: done and durable.
     Merged,
+    /// `Hints`: the hints listed.
+    Hints(Vec<Hint>),
     /// Any of them failed.
     Failed { code: ErrorCode, message: String },
 }
@@ -131,10 +164,13 @@ pub enum LocalResult {
 pub enum PeerRequest {
     /// Read the peer's replica of a key.
     Read { partition: u32, key: Vec<u8> },
-    /// Merge `set` into the peer's replica of a key, durably.
-    Write { partition: u32, key: Vec<u8>, set: SiblingSet },
+    /// Merge `set` into the peer's replica of a key, durably; with a
+    /// `hint`, the peer is a fallback holding it for that owner.
+    Write { partition: u32, key: Vec<u8>, set: SiblingSet, hint: Option<NodeId> },
     /// Coordinate this client request (the peer is in its preference list).
     Coordinate(ClientRequest),
+    /// A heartbeat, for the failure detector.
+    Ping,
 }
 
 /// A peer's answer, or the driver's news that none will come.
@@ -146,7 +182,10 @@ pub enum PeerReply {
     Written,
     /// To `Coordinate`: the reply for the client.
     Coordinated(ClientReply),
-    /// The peer refused, or could not be reached, or the connection broke.
+    /// To `Ping`.
+    Pong,
+    /// The peer refused, or could not be reached, or the connection broke
+    /// (`Unavailable` is reserved for the last two: the peer is suspected).
     Failed { code: ErrorCode, message: String },
 }
 
@@ -162,6 +201,10 @@ pub enum Input {
     Peer { op: OpId, from: NodeId, reply: PeerReply },
     /// A timer set by [`Action::Timer`] fired.
     Timer { op: OpId },
+    /// Time passed: send heartbeats and deliver hints when due. Drivers
+    /// tick every few milliseconds (and at least every tenth of the
+    /// heartbeat interval).
+    Tick,
 }
 
 /// What the driver must do.
@@ -191,6 +234,13 @@ pub struct CoordinatorStats {
     pub unavailable: u64,
     /// Replicas sent a repaired set after a read.
     pub read_repairs: u64,
+    /// Writes sent to a fallback node in place of an owner.
+    pub hinted_writes: u64,
+    /// Hints handed to their owner and dropped.
+    pub hints_delivered: u64,
+    /// Hints the last full pass found and could not deliver (the owner
+    /// down or gone from the ring).
+    pub hints_waiting: u64,
 }
 
 /// One node's (one shard's) coordinator.
@@ -202,6 +252,9 @@ pub struct Coordinator {
     operations: BTreeMap<OpId, Operation>,
     next_op: u64,
     stats: CoordinatorStats,
+    detector: Detector,
+    next_heartbeat: Duration,
+    handoff: Handoff,
 }
 
 #[derive(Debug)]
@@ -211,6 +264,42 @@ enum Operation {
     Forward(ForwardOp),
     /// Read repair sent; answers are ignored.
     Repair,
+    /// A page of hints being listed.
+    ListHints,
+    /// One hint being delivered.
+    Deliver(DeliverOp),
+}
+
+/// Where a request goes: the key's owners, each replaced by a fallback if
+/// it is believed down, and the nodes that may stand in later.
+#[derive(Debug)]
+struct Replicas {
+    /// The key's preference list.
+    owners: Vec<NodeId>,
+    /// Who was asked, in order.
+    asked: Vec<Asked>,
+    /// Nodes not yet asked that could stand in, best first: the rest of the
+    /// ring walk, those believed up before those believed down.
+    spare: VecDeque<NodeId>,
+}
+
+#[derive(Debug)]
+struct Asked {
+    node: NodeId,
+    /// The owner this node stands in for; `None` if it is an owner.
+    hint: Option<NodeId>,
+    state: AskState,
+    /// Another node was asked in its place (after it failed or was slow).
+    replaced: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AskState {
+    /// Not yet asked: the coordinator's own write comes first.
+    Later,
+    Waiting,
+    Done,
+    Failed,
 }
 
 #[derive(Debug)]
@@ -219,10 +308,9 @@ struct ReadOp {
     partition: u32,
     key: Vec<u8>,
     r: usize,
-    replicas: Vec<NodeId>,
-    /// Per replica in `replicas` order: its set once it answered.
+    replicas: Replicas,
+    /// Per node in `replicas.asked` order: its set once it answered.
     answers: Vec<Option<SiblingSet>>,
-    failed: usize,
     replied: bool,
     deadline: Duration,
 }
@@ -233,11 +321,9 @@ struct WriteOp {
     partition: u32,
     key: Vec<u8>,
     w: usize,
-    replicas: Vec<NodeId>,
+    replicas: Replicas,
     /// The coordinator's set after its local write, once made.
     written: Option<(SiblingSet, Dot)>,
-    acks: usize,
-    failed: usize,
     replied: bool,
     deadline: Duration,
 }
@@ -246,10 +332,40 @@ struct WriteOp {
 struct ForwardOp {
     client: ClientRef,
     request: ClientRequest,
-    /// The replicas not yet tried, in preference order.
-    untried: Vec<NodeId>,
+    /// The replicas not yet tried, in the order they will be.
+    untried: VecDeque<NodeId>,
     deadline: Duration,
 }
+
+#[derive(Debug)]
+struct DeliverOp {
+    hint: Hint,
+    /// The set was read and sent; waiting for the owner's ack.
+    sent: bool,
+}
+
+/// Hint delivery: passes over the hints this node holds, resumable,
+/// throttled by a token bucket and a bound on deliveries in flight.
+#[derive(Debug, Default)]
+struct Handoff {
+    next_pass: Duration,
+    /// Where the pass in progress resumes listing.
+    cursor: Option<(u32, Vec<u8>)>,
+    passing: bool,
+    /// The pass has listed its last page.
+    exhausted: bool,
+    listing: bool,
+    queue: VecDeque<Hint>,
+    in_flight: usize,
+    /// Deliveries that may start now (refilled with time).
+    tokens: f64,
+    refilled: Duration,
+    /// Hints of this pass that could not be delivered.
+    waiting: u64,
+}
+
+/// A page of hints listed at once.
+const HINT_PAGE: usize = 64;
 
 impl Coordinator {
     /// A coordinator for node `node`; it refuses requests until it has a
@@ -263,6 +379,9 @@ impl Coordinator {
             operations: BTreeMap::new(),
             next_op: 1,
             stats: CoordinatorStats::default(),
+            detector: Detector::new(options.detector),
+            next_heartbeat: Duration::ZERO,
+            handoff: Handoff::default(),
         }
     }
 
@@ -288,9 +407,36 @@ impl Coordinator {
         self.stats
     }
 
-    /// Operations in flight (including read repairs awaiting answers).
+    /// This node's failure detector.
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// The ring's members this node believes down at `now`.
+    pub fn down(&self, now: Duration) -> Vec<NodeId> {
+        let Some(ring) = &self.ring else { return Vec::new() };
+        ring.members()
+            .iter()
+            .map(|member| member.id)
+            .filter(|&id| id != self.node && self.detector.is_down(id, now))
+            .collect()
+    }
+
+    /// Operations in flight (including read repairs awaiting answers and
+    /// hint deliveries).
     pub fn in_flight(&self) -> usize {
         self.operations.len()
+    }
+
+    /// Whether an operation other than a finished read's repair (kept only
+    /// to ignore its answers) is under way.
+    pub fn busy(&self) -> bool {
+        self.operations.values().any(|operation| !matches!(operation, Operation::Repair))
+    }
+
+    /// Whether a hint delivery pass is under way.
+    pub fn delivering(&self) -> bool {
+        self.handoff.passing
     }
 
     /// The replicas of `partition` under the current ring: its preference
@@ -311,6 +457,7 @@ impl Coordinator {
             Input::Local { op, result } => self.on_local(now, op, result, out),
             Input::Peer { op, from, reply } => self.on_peer(now, op, from, reply, out),
             Input::Timer { op } => self.on_timer(now, op, out),
+            Input::Tick => self.on_tick(now, out),
         }
     }
 
@@ -318,6 +465,35 @@ impl Coordinator {
         let op = OpId(self.next_op);
         self.next_op += 1;
         op
+    }
+
+    fn is_up(&self, node: NodeId, now: Duration) -> bool {
+        node == self.node || !self.detector.is_down(node, now)
+    }
+
+    /// Who a request for `partition` goes to (see [`Replicas`]).
+    fn plan(&self, ring: &Ring, partition: u32, now: Duration) -> Replicas {
+        let walk = ring.preference_list(partition, ring.members().len());
+        let n = usize::from(self.options.n).min(walk.len());
+        let (owners, rest) = walk.split_at(n);
+        let mut healthy: VecDeque<NodeId> =
+            rest.iter().copied().filter(|&node| self.is_up(node, now)).collect();
+        let mut asked = Vec::with_capacity(n);
+        for &owner in owners {
+            let stand_in = if self.is_up(owner, now) { None } else { healthy.pop_front() };
+            asked.push(match stand_in {
+                Some(node) => Asked::new(node, Some(owner)),
+                // Up, or nobody better: try the owner.
+                None => Asked::new(owner, None),
+            });
+        }
+        // Believed down may be wrong (a node just restarted): those are
+        // asked last, owners stood in for included.
+        let mut spare = healthy;
+        spare.extend(rest.iter().copied().filter(|&node| !self.is_up(node, now)));
+        let replaced = asked.iter().filter_map(|asked: &Asked| asked.hint);
+        spare.extend(replaced.collect::<Vec<_>>());
+        Replicas { owners: owners.to_vec(), asked, spare }
     }
 
     fn on_client(
@@ -333,9 +509,9 @@ impl Coordinator {
             return refuse(out, client, ErrorCode::Unavailable, message);
         };
         let partition = ring.partition_of(request.key());
-        let replicas = ring.preference_list(partition, usize::from(self.options.n));
-        assert!(!replicas.is_empty(), "a ring has members");
-        if !replicas.contains(&self.node) {
+        let replicas = self.plan(&ring, partition, now);
+        assert!(!replicas.owners.is_empty(), "a ring has members");
+        if !replicas.asked.iter().any(|asked| asked.node == self.node) {
             if forwarded {
                 let message = format!(
                     "node {:016x} is not a replica of this key under ring version {}",
@@ -344,27 +520,50 @@ impl Coordinator {
                 );
                 return refuse(out, client, ErrorCode::Unavailable, &message);
             }
-            return self.forward(now, client, request, replicas, out);
+            let mut untried: VecDeque<NodeId> = replicas
+                .asked
+                .iter()
+                .filter(|asked| asked.hint.is_none())
+                .map(|a| a.node)
+                .collect();
+            // Owners believed down come last: they may be back.
+            let down: Vec<NodeId> =
+                replicas.owners.iter().copied().filter(|owner| !untried.contains(owner)).collect();
+            untried.extend(down);
+            return self.forward(now, client, request, untried, out);
         }
+        self.coordinate(now, client, request, partition, replicas, out);
+    }
+
+    /// Coordinates `request` on `replicas`, which include this node.
+    fn coordinate(
+        &mut self,
+        now: Duration,
+        client: ClientRef,
+        request: ClientRequest,
+        partition: u32,
+        mut replicas: Replicas,
+        out: &mut Vec<Action>,
+    ) {
+        let me = replicas.asked.iter().position(|asked| asked.node == self.node);
+        let me = me.expect("the coordinator is among the nodes asked");
+        let op = self.next_op();
+        let deadline = now + self.options.request_timeout;
         match request {
             ClientRequest::Get { key, r } => {
-                let Some(r) = quorum(out, client, "r", r, self.options.r, replicas.len()) else {
+                let Some(r) = quorum(out, client, "r", r, self.options.r, replicas.owners.len())
+                else {
                     return;
                 };
                 self.stats.reads += 1;
-                let op = self.next_op();
-                let deadline = now + self.options.request_timeout;
-                for &replica in &replicas {
-                    if replica == self.node {
-                        let local = LocalOp::Read { partition, key: key.clone() };
-                        out.push(Action::Local { op, local });
-                    } else {
-                        let request = PeerRequest::Read { partition, key: key.clone() };
-                        out.push(Action::Send { op, to: replica, request });
-                    }
+                for asked in &mut replicas.asked {
+                    asked.state = AskState::Waiting;
+                    let local = LocalOp::Read { partition, key: key.clone() };
+                    send(out, op, self.node, asked.node, local);
                 }
                 out.push(Action::Timer { op, at: deadline });
-                let answers = vec![None; replicas.len()];
+                out.push(Action::Timer { op, at: now + self.options.hint_after });
+                let answers = vec![None; replicas.asked.len()];
                 let read = ReadOp {
                     client,
                     partition,
@@ -372,20 +571,20 @@ impl Coordinator {
                     r,
                     replicas,
                     answers,
-                    failed: 0,
                     replied: false,
                     deadline,
                 };
                 self.operations.insert(op, Operation::Read(read));
             }
             ClientRequest::Put { key, value, context, w } => {
-                let Some(w) = quorum(out, client, "w", w, self.options.w, replicas.len()) else {
+                let Some(w) = quorum(out, client, "w", w, self.options.w, replicas.owners.len())
+                else {
                     return;
                 };
                 self.stats.writes += 1;
-                let op = self.next_op();
-                let deadline = now + self.options.request_timeout;
-                let local = LocalOp::Write { partition, key: key.clone(), context, value };
+                replicas.asked[me].state = AskState::Waiting;
+                let hint = replicas.asked[me].hint;
+                let local = LocalOp::Write { partition, key: key.clone(), context, value, hint };
                 out.push(Action::Local { op, local });
                 out.push(Action::Timer { op, at: deadline });
                 let write = WriteOp {
@@ -395,8 +594,6 @@ impl Coordinator {
                     w,
                     replicas,
                     written: None,
-                    acks: 0,
-                    failed: 0,
                     replied: false,
                     deadline,
                 };
@@ -410,17 +607,13 @@ impl Coordinator {
         now: Duration,
         client: ClientRef,
         request: ClientRequest,
-        replicas: Vec<NodeId>,
+        mut untried: VecDeque<NodeId>,
         out: &mut Vec<Action>,
     ) {
         self.stats.forwarded += 1;
         let op = self.next_op();
-        let mut untried = replicas;
-        // Tried in preference order: the list's head is the key's usual
-        // coordinator.
-        untried.reverse();
         let deadline = now + self.options.request_timeout;
-        let Some(to) = untried.pop() else { unreachable!("a ring has members") };
+        let Some(to) = untried.pop_front() else { unreachable!("a ring has members") };
         out.push(Action::Send { op, to, request: PeerRequest::Coordinate(request.clone()) });
         out.push(Action::Timer { op, at: deadline });
         let forward = ForwardOp { client, request, untried, deadline };
@@ -431,10 +624,15 @@ impl Coordinator {
         let node = self.node;
         match self.operations.get_mut(&op) {
             Some(Operation::Read(read)) => {
-                let index = read.index_of(node);
+                let index = read.replicas.index_of(node).expect("the coordinator was asked");
                 match result {
-                    LocalResult::Read(set) => read.answers[index] = Some(set),
-                    LocalResult::Failed { .. } => read.failed += 1,
+                    LocalResult::Read(set) => {
+                        read.replicas.asked[index].state = AskState::Done;
+                        read.answers[index] = Some(set);
+                    }
+                    LocalResult::Failed { .. } => {
+                        read.replicas.asked[index].state = AskState::Failed
+                    }
                     other => unreachable!("a read's local op answered {other:?}"),
                 }
                 self.progress_read(now, op, out);
@@ -443,18 +641,24 @@ impl Coordinator {
                 assert!(write.written.is_none(), "one local write per write op");
                 match result {
                     LocalResult::Written { set, dot } => {
-                        write.acks += 1;
-                        for &replica in &write.replicas {
-                            if replica != node {
+                        let index = write.replicas.index_of(node).expect("the coordinator");
+                        write.replicas.asked[index].state = AskState::Done;
+                        for asked in &mut write.replicas.asked {
+                            if asked.state == AskState::Later {
+                                asked.state = AskState::Waiting;
                                 let request = PeerRequest::Write {
                                     partition: write.partition,
                                     key: write.key.clone(),
                                     set: set.clone(),
+                                    hint: asked.hint,
                                 };
-                                out.push(Action::Send { op, to: replica, request });
+                                out.push(Action::Send { op, to: asked.node, request });
                             }
                         }
+                        self.stats.hinted_writes +=
+                            write.replicas.asked.iter().filter(|a| a.hint.is_some()).count() as u64;
                         write.written = Some((set, dot));
+                        out.push(Action::Timer { op, at: now + self.options.hint_after });
                         self.progress_write(op, out);
                     }
                     LocalResult::Failed { code, message } => {
@@ -467,6 +671,40 @@ impl Coordinator {
                     other => unreachable!("a write's local op answered {other:?}"),
                 }
             }
+            Some(Operation::ListHints) => {
+                self.operations.remove(&op);
+                self.on_hints_listed(now, result, out);
+            }
+            Some(Operation::Deliver(deliver)) => match result {
+                LocalResult::Read(set) if !deliver.sent => {
+                    deliver.sent = true;
+                    let hint = &deliver.hint;
+                    if set.is_empty() {
+                        // Nothing to hand over (the hinted write was lost
+                        // in a crash before it was acknowledged).
+                        out.push(Action::Local { op, local: LocalOp::DropHint(hint.clone()) });
+                        return;
+                    }
+                    let request = PeerRequest::Write {
+                        partition: hint.partition,
+                        key: hint.key.clone(),
+                        set,
+                        hint: None,
+                    };
+                    out.push(Action::Send { op, to: hint.owner, request });
+                    out.push(Action::Timer { op, at: now + self.options.request_timeout });
+                }
+                LocalResult::Merged => {
+                    self.operations.remove(&op);
+                    self.stats.hints_delivered += 1;
+                    self.delivery_ended(now, out);
+                }
+                _ => {
+                    self.operations.remove(&op);
+                    self.handoff.waiting += 1;
+                    self.delivery_ended(now, out);
+                }
+            },
             // A read repair of this node's own replica, or an operation
             // that already ended.
             Some(Operation::Repair) | Some(Operation::Forward(_)) | None => {}
@@ -481,27 +719,48 @@ impl Coordinator {
         reply: PeerReply,
         out: &mut Vec<Action>,
     ) {
+        match &reply {
+            PeerReply::Pong => self.detector.heartbeat(from, now),
+            PeerReply::Failed { code: ErrorCode::Unavailable, .. } => {
+                self.detector.unreachable(from);
+            }
+            _ => self.detector.answered(from),
+        }
         match self.operations.get_mut(&op) {
             Some(Operation::Read(read)) => {
-                let Some(index) = read.replicas.iter().position(|&replica| replica == from) else {
-                    return;
-                };
-                if read.answers[index].is_some() {
-                    return; // A duplicate.
-                }
+                let Some(index) = read.replicas.waiting_index(from) else { return };
                 match reply {
-                    PeerReply::Read(set) => read.answers[index] = Some(set),
-                    _ => read.failed += 1,
+                    PeerReply::Read(set) => {
+                        read.replicas.asked[index].state = AskState::Done;
+                        read.answers[index] = Some(set);
+                    }
+                    _ => {
+                        read.replicas.asked[index].state = AskState::Failed;
+                        if !read.replied {
+                            let (partition, key) = (read.partition, read.key.clone());
+                            if let Some(node) = read.replicas.stand_in(index) {
+                                read.answers.push(None);
+                                let local = LocalOp::Read { partition, key };
+                                send(out, op, self.node, node, local);
+                            }
+                        }
+                    }
                 }
                 self.progress_read(now, op, out);
             }
             Some(Operation::Write(write)) => {
-                if !write.replicas.contains(&from) || from == self.node {
+                let Some(index) = write.replicas.waiting_index(from) else { return };
+                if from == self.node {
                     return;
                 }
                 match reply {
-                    PeerReply::Written => write.acks += 1,
-                    _ => write.failed += 1,
+                    PeerReply::Written => write.replicas.asked[index].state = AskState::Done,
+                    _ => {
+                        // Stood in for even once W is met: the key should
+                        // have N copies, and the owner its hint.
+                        write.replicas.asked[index].state = AskState::Failed;
+                        write.stand_in(index, out, op, &mut self.stats);
+                    }
                 }
                 self.progress_write(op, out);
             }
@@ -511,22 +770,67 @@ impl Coordinator {
                     self.operations.remove(&op);
                     out.push(Action::Reply { client, reply });
                 }
-                _ => match forward.untried.pop() {
+                _ => match forward.untried.pop_front() {
                     Some(to) => {
                         let request = PeerRequest::Coordinate(forward.request.clone());
                         out.push(Action::Send { op, to, request });
                     }
                     None => {
-                        let client = forward.client;
-                        self.operations.remove(&op);
-                        self.stats.unavailable += 1;
-                        let message = "no replica of the key could be reached to coordinate it";
-                        refuse(out, client, ErrorCode::Unavailable, message);
+                        // No owner could be reached: this node takes the
+                        // request itself, standing in for an owner.
+                        let Some(Operation::Forward(forward)) = self.operations.remove(&op) else {
+                            unreachable!("just matched")
+                        };
+                        self.coordinate_as_fallback(now, forward.client, forward.request, out);
                     }
                 },
             },
-            Some(Operation::Repair) | None => {}
+            Some(Operation::Deliver(deliver)) => {
+                if !deliver.sent || from != deliver.hint.owner {
+                    return;
+                }
+                match reply {
+                    PeerReply::Written => {
+                        let local = LocalOp::DropHint(deliver.hint.clone());
+                        out.push(Action::Local { op, local });
+                    }
+                    _ => {
+                        self.operations.remove(&op);
+                        self.handoff.waiting += 1;
+                        self.delivery_ended(now, out);
+                    }
+                }
+            }
+            Some(Operation::Repair) | Some(Operation::ListHints) | None => {}
         }
+    }
+
+    /// Coordinates a request no owner could be reached for: this node
+    /// stands in for the first owner not already stood in for.
+    fn coordinate_as_fallback(
+        &mut self,
+        now: Duration,
+        client: ClientRef,
+        request: ClientRequest,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(ring) = self.ring.clone() else {
+            return refuse(out, client, ErrorCode::Unavailable, "the ring is gone");
+        };
+        let partition = ring.partition_of(request.key());
+        let mut replicas = self.plan(&ring, partition, now);
+        if replicas.index_of(self.node).is_none() {
+            replicas.spare.retain(|&node| node != self.node);
+            let slot = replicas.asked.iter().position(|asked| asked.hint.is_some()).unwrap_or(0);
+            let asked = &mut replicas.asked[slot];
+            let owner = asked.hint.unwrap_or(asked.node);
+            if asked.hint.is_some() {
+                // The fallback displaced goes back to the spares.
+                replicas.spare.push_front(asked.node);
+            }
+            *asked = Asked::new(self.node, Some(owner));
+        }
+        self.coordinate(now, client, request, partition, replicas, out);
     }
 
     fn on_timer(&mut self, now: Duration, op: OpId, out: &mut Vec<Action>) {
@@ -534,14 +838,25 @@ impl Coordinator {
         match operation {
             Operation::Read(read) => {
                 if now < read.deadline {
-                    return; // An earlier timer of this op.
+                    // The hedge: stand in for whoever has not answered.
+                    if !read.replied {
+                        let (partition, key) = (read.partition, read.key.clone());
+                        for index in read.replicas.slow() {
+                            if let Some(node) = read.replicas.stand_in(index) {
+                                read.answers.push(None);
+                                let local = LocalOp::Read { partition, key: key.clone() };
+                                send(out, op, self.node, node, local);
+                            }
+                        }
+                    }
+                    return;
                 }
                 if !read.replied {
-                    let (answered, r, n) = (read.answered(), read.r, read.replicas.len());
+                    let (answered, r, asked) = (read.answered(), read.r, read.replicas.asked.len());
                     let client = read.client;
                     self.stats.timeouts += 1;
                     let message = format!(
-                        "{answered} of {n} replicas answered in time, and R={r} are needed"
+                        "{answered} of {asked} nodes asked answered in time, and R={r} are needed"
                     );
                     refuse(out, client, ErrorCode::Timeout, &message);
                     if let Some(Operation::Read(read)) = self.operations.get_mut(&op) {
@@ -552,15 +867,20 @@ impl Coordinator {
             }
             Operation::Write(write) => {
                 if now < write.deadline {
+                    if write.written.is_some() {
+                        for index in write.replicas.slow() {
+                            write.stand_in(index, out, op, &mut self.stats);
+                        }
+                    }
                     return;
                 }
                 if !write.replied {
-                    let (acks, w, n) = (write.acks, write.w, write.replicas.len());
+                    let (acks, w, asked) = (write.acks(), write.w, write.replicas.asked.len());
                     let client = write.client;
                     self.stats.timeouts += 1;
                     let message = format!(
-                        "{acks} of {n} replicas acknowledged in time, and W={w} are needed; \
-                         the write may be present on those that did"
+                        "{acks} of {asked} nodes asked acknowledged in time, and W={w} are \
+                         needed; the write may be present on those that did"
                     );
                     refuse(out, client, ErrorCode::Timeout, &message);
                 }
@@ -580,6 +900,13 @@ impl Coordinator {
             Operation::Repair => {
                 self.operations.remove(&op);
             }
+            Operation::Deliver(_) => {
+                // The owner did not acknowledge in time: kept for later.
+                self.operations.remove(&op);
+                self.handoff.waiting += 1;
+                self.delivery_ended(now, out);
+            }
+            Operation::ListHints => {}
         }
     }
 
@@ -587,8 +914,8 @@ impl Coordinator {
         let Some(Operation::Read(read)) = self.operations.get_mut(&op) else {
             unreachable!("progress of a read that is not one")
         };
-        let (answered, n) = (read.answered(), read.replicas.len());
-        let all_in = answered + read.failed == n;
+        let answered = read.answered();
+        let all_in = read.replicas.waiting() == 0;
         if !read.replied {
             if answered >= read.r {
                 read.replied = true;
@@ -601,14 +928,15 @@ impl Coordinator {
                     read.deadline = now + self.options.read_repair_wait;
                     out.push(Action::Timer { op, at: read.deadline });
                 }
-            } else if n - read.failed < read.r {
-                // Even if every replica still out answers, R is out of reach.
-                let (r, failed, client) = (read.r, read.failed, read.client);
+            } else if answered + read.replicas.waiting() + read.replicas.spare.len() < read.r {
+                // Even if every node still out answers, R is out of reach.
+                let (r, failed, client) = (read.r, read.replicas.failed(), read.client);
+                let asked = read.replicas.asked.len();
                 read.replied = true;
                 self.stats.unavailable += 1;
                 let message = format!(
-                    "{answered} of {n} replicas answered and {failed} failed, \
-                     so R={r} cannot be met"
+                    "{answered} of {asked} nodes asked answered and {failed} failed, and no \
+                     other node could be asked, so R={r} cannot be met"
                 );
                 refuse(out, client, ErrorCode::Unavailable, &message);
             }
@@ -619,7 +947,8 @@ impl Coordinator {
     }
 
     /// Ends a read that has replied: sends the merge of every answer to
-    /// each replica that answered something else.
+    /// each owner that answered something else. (Fallbacks are not
+    /// repaired: what they hold, they hold for an owner.)
     fn finish_read(&mut self, op: OpId, out: &mut Vec<Action>) {
         let Some(Operation::Read(read)) = self.operations.remove(&op) else {
             unreachable!("finishing a read that is not one")
@@ -631,20 +960,22 @@ impl Coordinator {
         }
         let repair = self.next_op();
         let mut repaired = false;
-        for (replica, answer) in read.replicas.iter().zip(&read.answers) {
+        for (asked, answer) in read.replicas.asked.iter().zip(&read.answers) {
             let Some(set) = answer else { continue };
-            if *set == merged {
+            if *set == merged || asked.hint.is_some() || !read.replicas.owners.contains(&asked.node)
+            {
                 continue;
             }
             repaired = true;
             self.stats.read_repairs += 1;
             let (partition, key) = (read.partition, read.key.clone());
-            if *replica == self.node {
-                let local = LocalOp::Merge { partition, key, set: merged.clone() };
+            if asked.node == self.node {
+                let local = LocalOp::Merge { partition, key, set: merged.clone(), hint: None };
                 out.push(Action::Local { op: repair, local });
             } else {
-                let request = PeerRequest::Write { partition, key, set: merged.clone() };
-                out.push(Action::Send { op: repair, to: *replica, request });
+                let request =
+                    PeerRequest::Write { partition, key, set: merged.clone(), hint: None };
+                out.push(Action::Send { op: repair, to: asked.node, request });
             }
         }
         if repaired {
@@ -660,36 +991,183 @@ impl Coordinator {
         let Some(Operation::Write(write)) = self.operations.get_mut(&op) else {
             unreachable!("progress of a write that is not one")
         };
-        let n = write.replicas.len();
         let Some((set, dot)) = &write.written else { return };
+        let acks = write.acks();
         if !write.replied {
-            if write.acks >= write.w {
+            if acks >= write.w {
                 write.replied = true;
                 let reply = ClientReply::Put { context: set.context(), dot: *dot };
                 out.push(Action::Reply { client: write.client, reply });
-            } else if n - write.failed < write.w {
-                // Even if every replica still out acknowledges, W is out of reach.
-                let (acks, failed, w, client) = (write.acks, write.failed, write.w, write.client);
+            } else if acks + write.replicas.waiting() < write.w {
+                // Even if every node still out acknowledges, and no node is
+                // left to stand in, W is out of reach.
+                let (failed, w, client) = (write.replicas.failed(), write.w, write.client);
+                let asked = write.replicas.asked.len();
                 write.replied = true;
                 self.stats.unavailable += 1;
                 let message = format!(
-                    "{acks} of {n} replicas acknowledged and {failed} failed, so W={w} \
-                     cannot be met; the write may be present on those that acknowledged"
+                    "{acks} of {asked} nodes asked acknowledged and {failed} failed, and no \
+                     other node could take the write, so W={w} cannot be met; the write may \
+                     be present on those that acknowledged"
                 );
                 refuse(out, client, ErrorCode::Unavailable, &message);
             }
         }
-        if write.acks + write.failed == n {
+        if write.replicas.waiting() == 0 {
             self.operations.remove(&op);
+        }
+    }
+
+    fn on_tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let Some(ring) = self.ring.clone() else { return };
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.options.detector.heartbeat_interval;
+            for member in ring.members() {
+                if member.id != self.node {
+                    out.push(Action::Send {
+                        op: OpId::HEARTBEAT,
+                        to: member.id,
+                        request: PeerRequest::Ping,
+                    });
+                }
+            }
+        }
+        // Refill the delivery budget: at most a second's worth saved up.
+        let rate = f64::from(self.options.handoff_keys_per_second);
+        let elapsed = now.saturating_sub(self.handoff.refilled).as_secs_f64();
+        self.handoff.tokens = (self.handoff.tokens + elapsed * rate).min(rate);
+        self.handoff.refilled = now;
+        if !self.handoff.passing && now >= self.handoff.next_pass {
+            self.handoff.passing = true;
+            self.handoff.exhausted = false;
+            self.handoff.cursor = None;
+            self.handoff.waiting = 0;
+        }
+        self.deliver_more(out);
+    }
+
+    /// Starts deliveries while the budget and the bound allow, listing the
+    /// next page of hints when the queue runs dry.
+    fn deliver_more(&mut self, out: &mut Vec<Action>) {
+        if !self.handoff.passing {
+            return;
+        }
+        while self.handoff.in_flight < self.options.handoff_in_flight && self.handoff.tokens >= 1.0
+        {
+            let Some(hint) = self.handoff.queue.pop_front() else { break };
+            self.handoff.tokens -= 1.0;
+            self.handoff.in_flight += 1;
+            let op = self.next_op();
+            let local = LocalOp::Read { partition: hint.partition, key: hint.key.clone() };
+            out.push(Action::Local { op, local });
+            self.operations.insert(op, Operation::Deliver(DeliverOp { hint, sent: false }));
+        }
+        if self.handoff.queue.is_empty() && !self.handoff.listing && !self.handoff.exhausted {
+            self.handoff.listing = true;
+            let op = self.next_op();
+            let local = LocalOp::Hints { after: self.handoff.cursor.clone(), limit: HINT_PAGE };
+            out.push(Action::Local { op, local });
+            self.operations.insert(op, Operation::ListHints);
+        }
+    }
+
+    fn on_hints_listed(&mut self, now: Duration, result: LocalResult, out: &mut Vec<Action>) {
+        self.handoff.listing = false;
+        let hints = match result {
+            LocalResult::Hints(hints) => hints,
+            _ => Vec::new(), // Try again next pass.
+        };
+        let last_page = hints.len() < HINT_PAGE;
+        self.handoff.cursor = hints.last().map(|hint| (hint.partition, hint.key.clone()));
+        let ring = self.ring.clone();
+        for hint in hints {
+            let in_ring = ring.as_ref().is_some_and(|ring| ring.contains(hint.owner));
+            if hint.owner == self.node {
+                // This node owns the key now: the data is already here.
+                self.handoff.in_flight += 1;
+                let op = self.next_op();
+                out.push(Action::Local { op, local: LocalOp::DropHint(hint.clone()) });
+                self.operations.insert(op, Operation::Deliver(DeliverOp { hint, sent: true }));
+            } else if in_ring && !self.detector.is_down(hint.owner, now) {
+                self.handoff.queue.push_back(hint);
+            } else {
+                self.handoff.waiting += 1;
+            }
+        }
+        self.handoff.exhausted = last_page;
+        self.end_pass_if_done(now);
+        self.deliver_more(out);
+    }
+
+    fn delivery_ended(&mut self, now: Duration, out: &mut Vec<Action>) {
+        self.handoff.in_flight -= 1;
+        self.end_pass_if_done(now);
+        self.deliver_more(out);
+    }
+
+    fn end_pass_if_done(&mut self, now: Duration) {
+        let handoff = &mut self.handoff;
+        if handoff.passing
+            && handoff.exhausted
+            && handoff.queue.is_empty()
+            && handoff.in_flight == 0
+            && !handoff.listing
+        {
+            handoff.passing = false;
+            handoff.next_pass = now + self.options.handoff_interval;
+            self.stats.hints_waiting = handoff.waiting;
         }
     }
 }
 
-impl ReadOp {
-    fn index_of(&self, node: NodeId) -> usize {
-        self.replicas.iter().position(|&replica| replica == node).expect("the node is a replica")
+impl Asked {
+    fn new(node: NodeId, hint: Option<NodeId>) -> Asked {
+        Asked { node, hint, state: AskState::Later, replaced: false }
+    }
+}
+
+impl Replicas {
+    fn index_of(&self, node: NodeId) -> Option<usize> {
+        self.asked.iter().position(|asked| asked.node == node)
     }
 
+    /// The index of `node` if it was asked and has not answered.
+    fn waiting_index(&self, node: NodeId) -> Option<usize> {
+        self.asked.iter().position(|asked| asked.node == node && asked.state == AskState::Waiting)
+    }
+
+    fn waiting(&self) -> usize {
+        self.asked.iter().filter(|asked| asked.state == AskState::Waiting).count()
+    }
+
+    fn failed(&self) -> usize {
+        self.asked.iter().filter(|asked| asked.state == AskState::Failed).count()
+    }
+
+    /// Nodes asked that have neither answered nor been stood in for.
+    fn slow(&self) -> Vec<usize> {
+        (0..self.asked.len())
+            .filter(|&i| self.asked[i].state == AskState::Waiting && !self.asked[i].replaced)
+            .collect()
+    }
+
+    /// Asks the next spare node in place of `asked[index]`: returns it,
+    /// now waiting, standing in for the same owner.
+    fn stand_in(&mut self, index: usize) -> Option<NodeId> {
+        if self.asked[index].replaced {
+            return None;
+        }
+        let node = self.spare.pop_front()?;
+        self.asked[index].replaced = true;
+        let owner = self.asked[index].hint.unwrap_or(self.asked[index].node);
+        let mut stand_in = Asked::new(node, Some(owner));
+        stand_in.state = AskState::Waiting;
+        self.asked.push(stand_in);
+        Some(node)
+    }
+}
+
+impl ReadOp {
     fn answered(&self) -> usize {
         self.answers.iter().filter(|answer| answer.is_some()).count()
     }
@@ -701,6 +1179,43 @@ impl ReadOp {
         }
         merged
     }
+}
+
+impl WriteOp {
+    fn acks(&self) -> usize {
+        self.replicas.asked.iter().filter(|asked| asked.state == AskState::Done).count()
+    }
+
+    /// Sends the write to a spare node in place of `asked[index]`.
+    fn stand_in(
+        &mut self,
+        index: usize,
+        out: &mut Vec<Action>,
+        op: OpId,
+        stats: &mut CoordinatorStats,
+    ) {
+        let Some((set, _)) = &self.written else { return };
+        let Some(node) = self.replicas.stand_in(index) else { return };
+        let hint = self.replicas.asked.last().and_then(|asked| asked.hint);
+        stats.hinted_writes += 1;
+        let request = PeerRequest::Write {
+            partition: self.partition,
+            key: self.key.clone(),
+            set: set.clone(),
+            hint,
+        };
+        out.push(Action::Send { op, to: node, request });
+    }
+}
+
+/// Sends a read to `to`, or runs it locally if `to` is this node.
+fn send(out: &mut Vec<Action>, op: OpId, me: NodeId, to: NodeId, local: LocalOp) {
+    if to == me {
+        out.push(Action::Local { op, local });
+        return;
+    }
+    let LocalOp::Read { partition, key } = local else { unreachable!("only reads are sent so") };
+    out.push(Action::Send { op, to, request: PeerRequest::Read { partition, key } });
 }
 
 /// The quorum a request needs: its own (if it asked) or the default, both

@@ -10,13 +10,17 @@
 
 use std::time::Duration;
 
+pub use detector::{Detector, DetectorOptions};
+
 pub mod coordinator;
+pub mod detector;
+pub mod gossip;
 pub mod history;
 pub mod sim;
 
 /// How many replicas a key has and how many must answer, cluster-wide.
 /// Requests may override R and W (never above N).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClusterOptions {
     /// Replicas per key (N).
     pub n: u8,
@@ -30,6 +34,18 @@ pub struct ClusterOptions {
     /// After a read has its R answers, how long the coordinator waits for
     /// the rest before repairing the stale replicas it heard from.
     pub read_repair_wait: Duration,
+    /// How long a coordinator waits for a replica before it also sends the
+    /// request to a fallback node (sloppy quorum): a replica that is slow
+    /// or silent is stood in for without waiting for the detector.
+    pub hint_after: Duration,
+    /// How peers are judged down (heartbeats and phi-accrual).
+    pub detector: DetectorOptions,
+    /// How often a node looks for hints to deliver.
+    pub handoff_interval: Duration,
+    /// Hint deliveries in flight at once, per shard.
+    pub handoff_in_flight: usize,
+    /// Hints delivered per second at most, per shard.
+    pub handoff_keys_per_second: u32,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +56,11 @@ impl Default for ClusterOptions {
             w: 2,
             request_timeout: Duration::from_secs(2),
             read_repair_wait: Duration::from_millis(50),
+            hint_after: Duration::from_millis(500),
+            detector: DetectorOptions::default(),
+            handoff_interval: Duration::from_secs(1),
+            handoff_in_flight: 8,
+            handoff_keys_per_second: 2_000,
         }
     }
 }
@@ -69,6 +90,9 @@ impl ClusterOptions {
             if value == 0 || value > self.n {
                 return Err(format!("{name} must be in 1..={}, not {value}", self.n));
             }
+        }
+        if self.handoff_in_flight == 0 || self.handoff_keys_per_second == 0 {
+            return Err("hint delivery needs at least one key in flight and per second".into());
         }
         Ok(())
     }

@@ -27,12 +27,12 @@ use holdfast_net::{Actor, SiblingSet, VersionVector};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::ClusterOptions;
 use super::coordinator::{
     Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, LocalResult, OpId,
     PeerReply, PeerRequest,
 };
 use super::history::{self, Call, CheckOptions, FinalState, History, Outcome, Presence, Report};
+use super::{ClusterOptions, DetectorOptions};
 use crate::disk::sim::{SimDisk, SimDiskOptions};
 use crate::replica::Replica;
 use crate::store::{Store, StoreOptions, SyncPolicy};
@@ -104,6 +104,14 @@ impl SimOptions {
             cluster: ClusterOptions {
                 request_timeout: Duration::from_millis(500),
                 read_repair_wait: Duration::from_millis(20),
+                hint_after: Duration::from_millis(100),
+                detector: DetectorOptions {
+                    heartbeat_interval: Duration::from_millis(50),
+                    acceptable_pause: Duration::from_millis(100),
+                    min_std_dev: Duration::from_millis(20),
+                    ..DetectorOptions::default()
+                },
+                handoff_interval: Duration::from_millis(200),
                 ..ClusterOptions::default()
             },
             network: NetworkFaults::none(),
@@ -144,16 +152,68 @@ enum Work {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: usize, to: usize, message: Message },
-    Disk { node: usize, epoch: u64, work: Work },
-    Timer { node: usize, epoch: u64, op: OpId },
-    ClientNext { client: usize },
-    ClientGiveUp { client: usize, op: history::OpId },
-    Crash { node: usize },
-    Restart { node: usize },
-    Partition { groups: Vec<usize> },
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Message,
+    },
+    Disk {
+        node: usize,
+        epoch: u64,
+        work: Work,
+    },
+    Timer {
+        node: usize,
+        epoch: u64,
+        op: OpId,
+    },
+    /// A node's periodic tick (heartbeats, hint delivery).
+    Tick {
+        node: usize,
+        epoch: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    ClientGiveUp {
+        client: usize,
+        op: history::OpId,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Partition {
+        groups: Vec<usize>,
+    },
     Heal,
 }
+
+impl Event {
+    /// Periodic upkeep that never ends by itself (ticks and heartbeats),
+    /// and deadlines: a client's (moot once it has its answer) and a
+    /// coordinator's (moot once its operation ended). The cluster is quiet
+    /// when nothing else is queued, no client waits and no coordinator is
+    /// busy.
+    fn is_background(&self) -> bool {
+        matches!(
+            self,
+            Event::Tick { .. }
+                | Event::ClientGiveUp { .. }
+                | Event::Timer { .. }
+                | Event::Deliver {
+                    message: Message::Request { request: PeerRequest::Ping, .. },
+                    ..
+                }
+                | Event::Deliver { message: Message::Reply { reply: PeerReply::Pong, .. }, .. }
+        )
+    }
+}
+
+/// How often a simulated node ticks.
+const TICK: Duration = Duration::from_millis(25);
 
 struct Scheduled {
     at: Duration,
@@ -215,6 +275,8 @@ pub struct Sim {
     now: Duration,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Queued events that are not background upkeep.
+    foreground: usize,
     ring: Arc<Ring>,
     nodes: Vec<SimNode>,
     /// Per node, the side of the network partition it is on.
@@ -262,6 +324,7 @@ impl Sim {
             now: Duration::ZERO,
             seq: 0,
             queue: BinaryHeap::new(),
+            foreground: 0,
             ring,
             sides: vec![0; options.nodes],
             clients: (0..options.clients).map(|_| SimClient::default()).collect(),
@@ -332,6 +395,8 @@ impl Sim {
             coordinating: BTreeMap::new(),
             next_coordinating: 0,
         });
+        let epoch = node.epoch;
+        self.schedule(TICK, Event::Tick { node: index, epoch });
     }
 
     /// Stops `node` abruptly: what its disk had not synced is lost, and so
@@ -390,6 +455,9 @@ impl Sim {
 
     fn schedule(&mut self, delay: Duration, event: Event) {
         self.seq += 1;
+        if !event.is_background() {
+            self.foreground += 1;
+        }
         let at = self.now + delay;
         self.queue.push(Reverse(Scheduled { at, seq: self.seq, event }));
     }
@@ -531,6 +599,9 @@ impl Sim {
     fn run_one(&mut self) -> bool {
         let Some(Reverse(next)) = self.queue.pop() else { return false };
         assert!(next.at >= self.now, "time runs forward");
+        if !next.event.is_background() {
+            self.foreground -= 1;
+        }
         self.now = next.at;
         self.stats.events += 1;
         match next.event {
@@ -543,6 +614,12 @@ impl Sim {
             Event::Timer { node, epoch, op } => {
                 if self.nodes[node].epoch == epoch {
                     self.step(node, Input::Timer { op });
+                }
+            }
+            Event::Tick { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].running.is_some() {
+                    self.step(node, Input::Tick);
+                    self.schedule(TICK, Event::Tick { node, epoch });
                 }
             }
             Event::ClientNext { client } => self.client_next(client),
@@ -581,6 +658,9 @@ impl Sim {
                 running.coordinating.insert(token, (from, op));
                 self.step(to, Input::Client { client: ClientRef(token), request, forwarded: true });
             }
+            Message::Request { op, request: PeerRequest::Ping } => {
+                self.send(to, from, Message::Reply { op, reply: PeerReply::Pong });
+            }
             Message::Request { op, request } => {
                 let delay =
                     self.random_delay(Duration::from_micros(20), Duration::from_micros(400));
@@ -606,16 +686,20 @@ impl Sim {
             Work::Serve { from, op, request } => {
                 let local = match request {
                     PeerRequest::Read { partition, key } => LocalOp::Read { partition, key },
-                    PeerRequest::Write { partition, key, set } => {
-                        LocalOp::Merge { partition, key, set }
+                    PeerRequest::Write { partition, key, set, hint } => {
+                        LocalOp::Merge { partition, key, set, hint }
                     }
-                    PeerRequest::Coordinate(_) => unreachable!("coordinated on delivery"),
+                    PeerRequest::Coordinate(_) | PeerRequest::Ping => {
+                        unreachable!("answered on delivery")
+                    }
                 };
                 let reply = match block_on(replica.apply(local)) {
                     LocalResult::Read(set) => PeerReply::Read(set),
                     LocalResult::Merged => PeerReply::Written,
                     LocalResult::Failed { code, message } => PeerReply::Failed { code, message },
-                    LocalResult::Written { .. } => unreachable!("peers never coordinate writes"),
+                    LocalResult::Written { .. } | LocalResult::Hints(_) => {
+                        unreachable!("peers never coordinate writes or list hints")
+                    }
                 };
                 self.send(node, from, Message::Reply { op, reply });
             }
@@ -663,9 +747,58 @@ impl Sim {
         self.now = self.now.max(until);
     }
 
-    /// Runs until nothing is left to do.
+    /// Runs until nothing is left to do but periodic upkeep (ticks and
+    /// heartbeats): no client, message, disk operation or coordinator
+    /// operation is under way.
     pub fn run_to_quiescence(&mut self) {
-        while self.run_one() {}
+        loop {
+            let busy = self.nodes.iter().any(|node| {
+                node.running.as_ref().is_some_and(|running| running.coordinator.busy())
+            });
+            let waiting = self.clients.iter().any(|client| client.waiting.is_some());
+            if self.foreground == 0 && !busy && !waiting {
+                return;
+            }
+            if !self.run_one() {
+                return;
+            }
+        }
+    }
+
+    /// Keys for which some running node holds hints.
+    pub fn hinted_keys(&self) -> usize {
+        let running = self.nodes.iter().filter_map(|node| node.running.as_ref());
+        running.map(|running| running.replica.hinted_keys()).sum()
+    }
+
+    /// Runs until every hint was delivered, or `limit` of virtual time
+    /// passed; true if every hint was.
+    pub fn deliver_hints(&mut self, limit: Duration) -> bool {
+        let until = self.now + limit;
+        while self.hinted_keys() > 0 && self.now < until {
+            let step = self.now + Duration::from_millis(50);
+            self.run_until(step);
+        }
+        self.run_to_quiescence();
+        self.hinted_keys() == 0
+    }
+
+    /// The coordinator counters of every running node, summed.
+    pub fn coordinator_stats(&self) -> super::coordinator::CoordinatorStats {
+        let mut total = super::coordinator::CoordinatorStats::default();
+        for running in self.nodes.iter().filter_map(|node| node.running.as_ref()) {
+            let stats = running.coordinator.stats();
+            total.reads += stats.reads;
+            total.writes += stats.writes;
+            total.forwarded += stats.forwarded;
+            total.timeouts += stats.timeouts;
+            total.unavailable += stats.unavailable;
+            total.read_repairs += stats.read_repairs;
+            total.hinted_writes += stats.hinted_writes;
+            total.hints_delivered += stats.hints_delivered;
+            total.hints_waiting += stats.hints_waiting;
+        }
+        total
     }
 
     /// Runs an operation from `client` at `node` to its end and returns its
@@ -724,6 +857,9 @@ impl Sim {
             self.restart(node);
         }
         self.run_to_quiescence();
+        // Every owner is back: the fallbacks hand over what they hold.
+        let delivered = self.deliver_hints(Duration::from_secs(60));
+        assert!(delivered, "hints still undelivered a minute after healing: {self:?}");
         let n = self.options.cluster.n.min(self.nodes.len() as u8);
         let keys: Vec<Vec<u8>> = self.keys.iter().cloned().collect();
         for (index, key) in keys.iter().enumerate() {

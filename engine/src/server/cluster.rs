@@ -34,8 +34,8 @@ use glommio::net::TcpStream;
 use holdfast_net::frame::{Frame, FrameDecoder, Kind};
 use holdfast_net::limits::REPLY_FRAME_BYTES_MAX_DEFAULT;
 use holdfast_net::message::{
-    Coordinate, DeleteRequest, ErrorCode, ErrorReply, GetRequest, PutRequest, ReplicaRead,
-    ReplicaReadReply, ReplicaWrite, Reply, decode_dot, encode_message,
+    Coordinate, DeleteRequest, ErrorCode, ErrorReply, GetRequest, HintedWrite, Ping, Pong,
+    PutRequest, ReplicaRead, ReplicaReadReply, ReplicaWrite, Reply, decode_dot, encode_message,
 };
 use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::siblings::DecodeLimits;
@@ -194,10 +194,15 @@ impl Shard {
             PeerRequest::Read { partition, key } => {
                 (Kind::REPLICA_READ, encode_message(id, &ReplicaRead { partition, key }))
             }
-            PeerRequest::Write { partition, key, set } => {
+            PeerRequest::Write { partition, key, set, hint: None } => {
                 let write = ReplicaWrite { partition, key, set: set.encode() };
                 (Kind::REPLICA_WRITE, encode_message(id, &write))
             }
+            PeerRequest::Write { partition, key, set, hint: Some(owner) } => {
+                let write = HintedWrite { partition, key, set: set.encode(), owner };
+                (Kind::HINTED_WRITE, encode_message(id, &write))
+            }
+            PeerRequest::Ping => (Kind::PING, encode_message(id, &Ping {})),
             PeerRequest::Coordinate(request) => {
                 let frame = client_frame(&request);
                 (Kind::COORDINATE, encode_message(id, &Coordinate { frame }))
@@ -354,6 +359,7 @@ impl Shard {
             for (_, op) in expired {
                 self.drive(Input::Timer { op });
             }
+            self.drive(Input::Tick);
         }
     }
 }
@@ -392,7 +398,8 @@ fn peer_reply(kind: Kind, frame: &Frame, limits: DecodeLimits) -> PeerReply {
             .map_err(|error| error.to_string())
             .and_then(|reply| decode_set(&reply.set, limits))
             .map(PeerReply::Read),
-        Kind::REPLICA_WRITE => frame
+        Kind::PING => frame.access::<Pong>().map(|_| PeerReply::Pong).map_err(|e| e.to_string()),
+        Kind::REPLICA_WRITE | Kind::HINTED_WRITE => frame
             .access::<holdfast_net::message::ReplicaWriteReply>()
             .map(|_| PeerReply::Written)
             .map_err(|error| error.to_string()),

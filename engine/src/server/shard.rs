@@ -290,7 +290,7 @@ impl Shard {
                     Err(error) => error_reply(request_id, &error),
                 }
             }
-            Request::ReplicaWrite { partition: theirs, key, set } => {
+            Request::ReplicaWrite { partition: theirs, key, set, hint } => {
                 if theirs != partition {
                     return wire::partition_mismatch(request_id, theirs, partition);
                 }
@@ -299,7 +299,7 @@ impl Shard {
                     Ok(_) => return wire::error(request_id, ErrorCode::BadRequest, "an empty set"),
                     Err(why) => return wire::error(request_id, ErrorCode::BadRequest, &why),
                 };
-                match self.replica.merge(partition, key, &set).await {
+                match self.replica.merge_hinted(partition, key, &set, hint).await {
                     Ok(_) => wire::replica_write_reply(request_id),
                     Err(error) => error_reply(request_id, &error),
                 }
