@@ -159,6 +159,10 @@ impl Kind {
     pub const RING: Kind = Kind(5);
     /// Read one node's local replica of a key, without coordination.
     pub const INSPECT: Kind = Kind(6);
+    /// Ask a node for its hints and the peers it believes down.
+    pub const STATS: Kind = Kind(7);
+    /// Reply to [`STATS`](Self::STATS).
+    pub const STATS_REPLY: Kind = Kind(71);
     /// Reply to [`RING`](Self::RING).
     pub const RING_REPLY: Kind = Kind(69);
     /// Reply to [`INSPECT`](Self::INSPECT).
@@ -245,6 +249,8 @@ impl Kind {
             Kind::COORDINATE => Some("Coordinate"),
             Kind::HELLO => Some("Hello"),
             Kind::HINTED_WRITE => Some("HintedWrite"),
+            Kind::STATS => Some("Stats"),
+            Kind::STATS_REPLY => Some("StatsReply"),
             Kind::REPLICA_READ_REPLY => Some("ReplicaReadReply"),
             Kind::REPLICA_WRITE_REPLY => Some("ReplicaWriteReply"),
             Kind::HELLO_REPLY => Some("HelloReply"),

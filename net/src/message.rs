@@ -172,6 +172,30 @@ pub struct InspectReply {
     pub set: Vec<u8>,
 }
 
+/// Ask a node how it is doing: its hints and which peers it believes
+/// down. Answered by [`StatsReply`]. For operators (`holdfast status`).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StatsRequest {}
+
+/// A node's counters, summed over its shards (as of their last tick).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StatsReply {
+    /// The id of the node that answered.
+    pub node: u64,
+    /// Keys this node holds hints for (writes it took for a down owner).
+    pub hinted_keys: u64,
+    /// Hints its last delivery passes could not deliver (owner down).
+    pub hints_waiting: u64,
+    /// Hints delivered since it started.
+    pub hints_delivered: u64,
+    /// Writes it sent to a fallback in place of an owner since it started.
+    pub hinted_writes: u64,
+    /// The peers it believes down, ascending.
+    pub down: Vec<u64>,
+}
+
 /// Node to node: read the replica's sibling set of a key. Answered by
 /// [`ReplicaReadReply`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -481,6 +505,8 @@ message! {
     RingReply => Kind::RING_REPLY,
     InspectRequest => Kind::INSPECT,
     InspectReply => Kind::INSPECT_REPLY,
+    StatsRequest => Kind::STATS,
+    StatsReply => Kind::STATS_REPLY,
     ReplicaRead => Kind::REPLICA_READ,
     ReplicaReadReply => Kind::REPLICA_READ_REPLY,
     ReplicaWrite => Kind::REPLICA_WRITE,
@@ -710,6 +736,8 @@ pub enum Request<'a> {
     Ping,
     /// [`RingRequest`].
     Ring,
+    /// [`StatsRequest`].
+    Stats,
     /// [`InspectRequest`].
     Inspect {
         /// The key.
@@ -832,6 +860,10 @@ impl<'a> Request<'a> {
                 let inspect = frame.access::<InspectRequest>()?;
                 Request::Inspect { key: check_key(&inspect.key, limits)? }
             }
+            Kind::STATS => {
+                frame.access::<StatsRequest>()?;
+                Request::Stats
+            }
             Kind::REPLICA_READ => {
                 let read = frame.access::<ReplicaRead>()?;
                 let key = check_key(&read.key, limits)?;
@@ -876,6 +908,7 @@ impl<'a> Request<'a> {
             Request::Ping => Kind::PING,
             Request::Ring => Kind::RING,
             Request::Inspect { .. } => Kind::INSPECT,
+            Request::Stats => Kind::STATS,
             Request::ReplicaRead { .. } => Kind::REPLICA_READ,
             Request::ReplicaWrite { hint: None, .. } => Kind::REPLICA_WRITE,
             Request::ReplicaWrite { hint: Some(_), .. } => Kind::HINTED_WRITE,
@@ -912,6 +945,8 @@ pub enum Reply {
     Ring(RingReply),
     /// [`InspectReply`].
     Inspect(InspectReply),
+    /// [`StatsReply`].
+    Stats(StatsReply),
     /// [`ErrorReply`].
     Error(ErrorReply),
 }
@@ -929,6 +964,7 @@ impl Reply {
             Kind::PONG => Reply::Pong(frame.decode()?),
             Kind::RING_REPLY => Reply::Ring(frame.decode()?),
             Kind::INSPECT_REPLY => Reply::Inspect(frame.decode()?),
+            Kind::STATS_REPLY => Reply::Stats(frame.decode()?),
             Kind::ERROR => Reply::Error(frame.decode()?),
             kind => return Err(MessageError::UnknownKind { kind }),
         })
@@ -943,6 +979,7 @@ impl Reply {
             Reply::Pong(_) => Kind::PONG,
             Reply::Ring(_) => Kind::RING_REPLY,
             Reply::Inspect(_) => Kind::INSPECT_REPLY,
+            Reply::Stats(_) => Kind::STATS_REPLY,
             Reply::Error(_) => Kind::ERROR,
         }
     }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use holdfast_net::client::{Client, ClientOptions, Inspected, RingInfo};
+use holdfast_net::message::StatsReply;
 use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 use serde_json::{Value, json};
@@ -84,6 +85,20 @@ impl Liveness {
     }
 }
 
+/// What `status` learned of a member: whether it answered, and its
+/// counters if it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub liveness: Liveness,
+    pub stats: Option<StatsReply>,
+}
+
+impl From<Liveness> for Probe {
+    fn from(liveness: Liveness) -> Probe {
+        Probe { liveness, stats: None }
+    }
+}
+
 /// One member as `status` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -94,6 +109,8 @@ pub struct MemberStatus {
     pub weight: u32,
     pub partitions_owned: u32,
     pub liveness: Liveness,
+    /// Its hints and the peers it believes down, if it answered.
+    pub stats: Option<StatsReply>,
 }
 
 /// A key's placement in the ring.
@@ -133,7 +150,7 @@ impl StatusReport {
     pub fn new(
         info: &RingInfo,
         key: Option<&str>,
-        liveness: impl Fn(&[&str]) -> Vec<Liveness>,
+        liveness: impl Fn(&[&str]) -> Vec<Probe>,
     ) -> StatusReport {
         let ring = info.ring.as_ref().map(|ring| {
             let addrs: Vec<&str> = ring.members().iter().map(|m| m.addr.as_str()).collect();
@@ -143,14 +160,15 @@ impl StatusReport {
                 .members()
                 .iter()
                 .zip(alive)
-                .map(|(member, liveness)| MemberStatus {
+                .map(|(member, probe)| MemberStatus {
                     id: member.id,
                     addr: member.addr.clone(),
                     zone: member.zone.clone(),
                     weight: member.weight,
                     partitions_owned: u32::try_from(ring.partitions_of(member.id).len())
                         .expect("a ring has at most 2^16 partitions"),
-                    liveness,
+                    liveness: probe.liveness,
+                    stats: probe.stats,
                 })
                 .collect();
             RingStatus {
@@ -191,6 +209,17 @@ impl StatusReport {
                 percent(member.partitions_owned, ring.partitions),
                 member.liveness.as_str(),
             ));
+            if let Some(stats) = &member.stats {
+                let down: Vec<String> = stats.down.iter().map(|id| node_hex(*id)).collect();
+                out.push_str(&format!(
+                    "  hints {} keys held ({} waiting for a down owner), {} delivered  \
+                     believes down: {}\n",
+                    stats.hinted_keys,
+                    stats.hints_waiting,
+                    stats.hints_delivered,
+                    if down.is_empty() { "none".to_string() } else { down.join(", ") },
+                ));
+            }
         }
         if let Some(key) = &ring.key {
             out.push_str(&format!("key {}  partition {}\n", key.key, key.partition));
@@ -216,6 +245,12 @@ impl StatusReport {
                         "partitions": member.partitions_owned,
                         "share": f64::from(member.partitions_owned) / f64::from(ring.partitions),
                         "state": member.liveness.as_str(),
+                        "hinted_keys": member.stats.as_ref().map(|s| s.hinted_keys),
+                        "hints_waiting": member.stats.as_ref().map(|s| s.hints_waiting),
+                        "hints_delivered": member.stats.as_ref().map(|s| s.hints_delivered),
+                        "believes_down": member.stats.as_ref().map(|s| {
+                            s.down.iter().map(|id| node_hex(*id)).collect::<Vec<_>>()
+                        }),
                     })
                 })
                 .collect();
@@ -378,22 +413,24 @@ fn client(addr: &str, timeout: Duration) -> Result<Client> {
 }
 
 /// Whether something at `addr` accepts a connection and answers a ping
-/// within [`PING_TIMEOUT`] each.
-fn ping(addr: &str) -> Liveness {
+/// within [`PING_TIMEOUT`] each, and its counters.
+fn ping(addr: &str) -> Probe {
     let resolved: Option<SocketAddr> = addr.to_socket_addrs().ok().and_then(|mut all| all.next());
-    let Some(resolved) = resolved else { return Liveness::Down };
+    let Some(resolved) = resolved else { return Liveness::Down.into() };
     match client(&resolved.to_string(), PING_TIMEOUT) {
-        Ok(client) if client.ping().is_ok() => Liveness::Up,
-        _ => Liveness::Down,
+        Ok(client) if client.ping().is_ok() => {
+            Probe { liveness: Liveness::Up, stats: client.stats().ok() }
+        }
+        _ => Liveness::Down.into(),
     }
 }
 
 /// Pings every address at once, one thread each (a ring has few members;
 /// the threads only wait).
-fn ping_all(addrs: &[&str]) -> Vec<Liveness> {
+fn ping_all(addrs: &[&str]) -> Vec<Probe> {
     std::thread::scope(|scope| {
         let pings: Vec<_> = addrs.iter().map(|addr| scope.spawn(move || ping(addr))).collect();
-        pings.into_iter().map(|ping| ping.join().unwrap_or(Liveness::Down)).collect()
+        pings.into_iter().map(|ping| ping.join().unwrap_or(Liveness::Down.into())).collect()
     })
 }
 
@@ -449,10 +486,11 @@ mod tests {
     }
 
     /// Member 3 is down; the others up.
-    fn liveness(addrs: &[&str]) -> Vec<Liveness> {
+    fn liveness(addrs: &[&str]) -> Vec<Probe> {
         addrs
             .iter()
             .map(|addr| if addr.ends_with(":7073") { Liveness::Down } else { Liveness::Up })
+            .map(Probe::from)
             .collect()
     }
 

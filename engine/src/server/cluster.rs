@@ -61,6 +61,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// few times a second. Never touched on the data path.
 pub(crate) type RingCell = Arc<Mutex<Option<Arc<Ring>>>>;
 
+/// Each shard's counters for `holdfast status`, indexed by shard: written
+/// by each shard about once a second, read by whichever shard answers a
+/// `Stats` request. Never touched on the data path.
+pub(crate) type StatsCell = Arc<Mutex<Vec<ShardStats>>>;
+
+/// How often a shard publishes its counters.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// One shard's counters, as last published.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShardStats {
+    pub hinted_keys: u64,
+    pub hints_waiting: u64,
+    pub hints_delivered: u64,
+    pub hinted_writes: u64,
+    pub down: Vec<NodeId>,
+}
+
 /// A shard's coordinator and the state that drives it.
 pub(crate) struct ClusterDriver {
     started: Instant,
@@ -71,10 +89,11 @@ pub(crate) struct ClusterDriver {
     timers: RefCell<BTreeSet<(Duration, OpId)>>,
     links: RefCell<BTreeMap<NodeId, Rc<Link>>>,
     ring: RingCell,
+    stats: StatsCell,
 }
 
 impl ClusterDriver {
-    pub fn new(coordinator: Coordinator, ring: RingCell) -> ClusterDriver {
+    pub fn new(coordinator: Coordinator, ring: RingCell, stats: StatsCell) -> ClusterDriver {
         ClusterDriver {
             started: Instant::now(),
             coordinator: RefCell::new(coordinator),
@@ -83,6 +102,7 @@ impl ClusterDriver {
             timers: RefCell::new(BTreeSet::new()),
             links: RefCell::new(BTreeMap::new()),
             ring,
+            stats,
         }
     }
 
@@ -97,6 +117,23 @@ impl ClusterDriver {
 
     fn now(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The node's counters: every shard's, summed, and the peers any shard
+    /// believes down.
+    pub fn node_stats(&self) -> ShardStats {
+        let shards = self.stats.lock().map(|stats| stats.clone()).unwrap_or_default();
+        let mut total = ShardStats::default();
+        for shard in shards {
+            total.hinted_keys += shard.hinted_keys;
+            total.hints_waiting += shard.hints_waiting;
+            total.hints_delivered += shard.hints_delivered;
+            total.hinted_writes += shard.hinted_writes;
+            total.down.extend(shard.down);
+        }
+        total.down.sort_unstable();
+        total.down.dedup();
+        total
     }
 }
 
@@ -341,6 +378,7 @@ impl Shard {
     /// node has one, until the shard stops.
     pub(crate) async fn tick(self: Rc<Self>) {
         let mut ring_version = None;
+        let mut published = Duration::ZERO;
         while !self.stopping.is_set() {
             glommio::timer::sleep(TIMER_TICK).await;
             let current = self.cluster.ring.lock().ok().and_then(|ring| ring.clone());
@@ -360,6 +398,31 @@ impl Shard {
                 self.drive(Input::Timer { op });
             }
             self.drive(Input::Tick);
+            if now >= published + STATS_EVERY {
+                published = now;
+                self.publish_stats(now);
+            }
+        }
+    }
+}
+
+impl Shard {
+    fn publish_stats(&self, now: Duration) {
+        let coordinator = self.cluster.coordinator.borrow();
+        let counters = coordinator.stats();
+        let stats = ShardStats {
+            hinted_keys: self.replica.hinted_keys() as u64,
+            hints_waiting: counters.hints_waiting,
+            hints_delivered: counters.hints_delivered,
+            hinted_writes: counters.hinted_writes,
+            down: coordinator.down(now),
+        };
+        if let Ok(mut shards) = self.cluster.stats.lock() {
+            let index = self.id as usize;
+            if shards.len() <= index {
+                shards.resize(index + 1, ShardStats::default());
+            }
+            shards[index] = stats;
         }
     }
 }

@@ -258,6 +258,7 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
         return Err(ServerError::Options("weight must be at least 1".into()));
     }
     let ring: cluster::RingCell = Arc::new(std::sync::Mutex::new(None));
+    let stats: cluster::StatsCell = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let shards = options.shards as usize;
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
@@ -282,6 +283,7 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
             actor: actor_rx,
             shutdown: shutdown.clone(),
             ring: ring.clone(),
+            stats: stats.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{shard}"))

@@ -22,7 +22,7 @@ use holdfast_net::message::{ErrorCode, Request, RequestLimits};
 use holdfast_net::ring::Member;
 
 use super::ServerOptions;
-use super::cluster::{ClusterDriver, RingCell};
+use super::cluster::{ClusterDriver, RingCell, StatsCell};
 use super::wire;
 use crate::cluster::coordinator::{ClientRequest, Coordinator};
 use crate::disk::dma::DmaDisk;
@@ -50,6 +50,8 @@ pub(crate) struct ShardContext {
     pub shutdown: Arc<AtomicBool>,
     /// The node's ring, once formed.
     pub ring: RingCell,
+    /// Every shard's counters.
+    pub stats: StatsCell,
 }
 
 /// A shard's state, shared by its tasks (all on one thread).
@@ -73,7 +75,8 @@ pub(crate) struct Shard {
 
 /// Runs a shard until shutdown. Returns the number of requests it served.
 pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
-    let ShardContext { id, partitioner, options, mesh, recovered, actor, shutdown, ring } = context;
+    let ShardContext { id, partitioner, options, mesh, recovered, actor, shutdown, ring, stats } =
+        context;
     // Join the mesh before anything can fail, so that no peer waits forever
     // for a shard that gave up.
     let mesh = match mesh {
@@ -114,7 +117,7 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         partitioner,
         options: options.clone(),
         replica: Replica::new(store, actor),
-        cluster: ClusterDriver::new(coordinator, ring),
+        cluster: ClusterDriver::new(coordinator, ring, stats),
         peers,
         forwarded: RefCell::new(AHashMap::new()),
         next_token: Cell::new(1),
@@ -252,7 +255,7 @@ impl Shard {
             | Request::ReplicaRead { key, .. }
             | Request::ReplicaWrite { key, .. } => Some(*key),
             Request::Coordinate { .. } => coordinated.as_ref().map(|(_, request)| request.key()),
-            Request::Ping | Request::Ring | Request::Hello(_) => None,
+            Request::Ping | Request::Ring | Request::Hello(_) | Request::Stats => None,
         };
         let partition = key.map(|key| self.partitioner.partition_of(key));
         if let Some(partition) = partition {
@@ -326,6 +329,9 @@ impl Shard {
                 wire::hello_reply(request_id, self.member(), ring.as_deref())
             }
             Request::Ping => wire::pong(request_id),
+            Request::Stats => {
+                wire::stats_reply(request_id, self.replica.actor().node, self.cluster.node_stats())
+            }
         }
     }
 

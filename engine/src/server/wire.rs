@@ -9,7 +9,7 @@ use holdfast_net::message::{
     DeleteReply, ErrorCode, ErrorReply, GetReply, HelloReply, InspectReply, Pong, PutReply,
     ReplicaReadReply, ReplicaWriteReply, RingReply, encode_dot, encode_message,
 };
-use holdfast_net::ring::{Member, Ring};
+use holdfast_net::ring::{Member, NodeId, Ring};
 
 use crate::cluster::ClusterOptions;
 use crate::cluster::coordinator::ClientReply;
@@ -90,5 +90,21 @@ pub(crate) fn ring_reply(
 
 pub(crate) fn hello_reply(request_id: u64, member: Member, ring: Option<&Ring>) -> Vec<u8> {
     let reply = HelloReply { member, ring: ring.map(Ring::state).unwrap_or_default() };
+    encode_message(request_id, &reply)
+}
+
+pub(crate) fn stats_reply(
+    request_id: u64,
+    node: NodeId,
+    stats: super::cluster::ShardStats,
+) -> Vec<u8> {
+    let reply = holdfast_net::message::StatsReply {
+        node,
+        hinted_keys: stats.hinted_keys,
+        hints_waiting: stats.hints_waiting,
+        hints_delivered: stats.hints_delivered,
+        hinted_writes: stats.hinted_writes,
+        down: stats.down,
+    };
     encode_message(request_id, &reply)
 }

@@ -15,7 +15,8 @@
 //! whichever call finds it due (others route by the old one meanwhile);
 //! idle connections are pooled per address ([`Pools`]), pruned to the
 //! seeds and the ring's members when a new ring arrives; a node that
-//! refused a connection is tried last for [`NODE_DOWN_FOR`].
+//! refused a connection or let a request time out is tried last for
+//! [`NODE_DOWN_FOR`].
 //!
 //! Time: the driver reads `Instant::now()` and hands it to the core, and
 //! sets the socket's read timeout to the core's next deadline, so a request
@@ -34,6 +35,7 @@ use super::{
     Response, RingInfo, Router, WriteOptions, Written,
 };
 use crate::limits::{IN_FLIGHT_MAX_DEFAULT, REPLY_FRAME_BYTES_MAX_DEFAULT};
+use crate::message::StatsReply;
 
 /// Configuration of a [`Client`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,9 +93,9 @@ const RING_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// fetches a dead node can cause while the ring still names it.
 const RING_SUSPECT_GAP: Duration = Duration::from_millis(100);
 
-/// How long a node that refused a connection is tried last among a key's
-/// replicas.
-const NODE_DOWN_FOR: Duration = Duration::from_secs(1);
+/// How long a node that refused a connection or let a request time out is
+/// tried last among a key's replicas.
+const NODE_DOWN_FOR: Duration = Duration::from_secs(2);
 
 /// What a node says, in an [`ErrorReply`](crate::message::ErrorReply)'s
 /// message, when a request reached it under a ring on which it is not a
@@ -139,6 +141,8 @@ pub enum Operation {
     Ping,
     /// Ask the node for its ring.
     Ring,
+    /// Ask the node for its hints and the peers it believes down.
+    Stats,
     /// Read the node's own replica of a key (never routed: it goes to a
     /// seed, whose replica it reads).
     Inspect {
@@ -153,7 +157,7 @@ impl Operation {
     fn is_idempotent(&self) -> bool {
         match self {
             Operation::Get { .. } | Operation::Ping | Operation::Ring => true,
-            Operation::Inspect { .. } => true,
+            Operation::Inspect { .. } | Operation::Stats => true,
             Operation::Put { .. } | Operation::Delete { .. } => false,
         }
     }
@@ -164,6 +168,7 @@ impl Operation {
             Operation::Get { key, .. } | Operation::Put { key, .. } => Some(key),
             Operation::Delete { key, .. } => Some(key),
             Operation::Ping | Operation::Ring | Operation::Inspect { .. } => None,
+            Operation::Stats => None,
         }
     }
 }
@@ -442,6 +447,15 @@ impl Client {
         }
     }
 
+    /// A seed's hints and the peers it believes down. Never routed: to
+    /// ask one node, connect a client to just its address.
+    pub fn stats(&self) -> Result<StatsReply, ClientError> {
+        match self.call(&Operation::Stats)? {
+            Response::Stats(stats) => Ok(stats),
+            other => unreachable!("a stats request completed as {other:?}"),
+        }
+    }
+
     /// Reads a seed's own replica of `key`, without coordination: the
     /// sibling set that node holds (empty if none), and whether it is a
     /// replica of the key. Never routed: to look at one node, connect a
@@ -644,6 +658,11 @@ impl Client {
             if suggests_ring_changed(&result, true) {
                 self.ring_suspect();
             }
+            if matches!(result, Err(ClientError::Timeout { .. })) {
+                // Silent (stopped, overloaded, cut off): the key's other
+                // replicas go first for a while.
+                self.mark_down(addr);
+            }
             match result {
                 // Not sent: the next replica may take it.
                 Err(ClientError::Connect { .. } | ClientError::Closed) => {}
@@ -740,7 +759,15 @@ impl Client {
         routing.refresh_at = Some(routing.refresh_at.map_or(soon, |planned| planned.min(soon)));
     }
 
-    /// The nodes that refused a connection within [`NODE_DOWN_FOR`].
+    /// Routes around `addr` for [`NODE_DOWN_FOR`].
+    fn mark_down(&self, addr: SocketAddr) {
+        if let Some(until) = Instant::now().checked_add(NODE_DOWN_FOR) {
+            lock(&self.pools).down_until.insert(addr, until);
+        }
+    }
+
+    /// The nodes that refused a connection or timed out within
+    /// [`NODE_DOWN_FOR`].
     fn down_now(&self) -> BTreeSet<SocketAddr> {
         let now = Instant::now();
         let mut pools = lock(&self.pools);
@@ -918,6 +945,7 @@ impl Connection {
             Operation::Ping => self.core.start_ping(now),
             Operation::Ring => self.core.start_ring(now),
             Operation::Inspect { key } => self.core.start_inspect(now, key),
+            Operation::Stats => self.core.start_stats(now),
         }
     }
 

@@ -150,7 +150,7 @@ use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{FrameError, Kind};
 #[cfg(doc)]
 use crate::limits::CONTEXT_BYTES_MAX;
-use crate::message::{ErrorCode, MessageError};
+use crate::message::{ErrorCode, MessageError, StatsReply};
 use crate::ring::{NodeId, Ring};
 use crate::siblings::SiblingSet;
 
@@ -277,6 +277,8 @@ pub enum Response {
     Ring(RingInfo),
     /// One node's own replica of a key.
     Inspect(Inspected),
+    /// One node's hints and opinion of its peers.
+    Stats(StatsReply),
 }
 
 /// A node's ring and the cluster's replication settings: what a client

@@ -34,7 +34,7 @@ use crate::limits::{
 };
 use crate::message::{
     DeleteRequest, GetRequest, InspectReply, InspectRequest, MessageError, Ping, PutRequest, Reply,
-    RingReply, RingRequest, decode_dot, encode_message_into,
+    RingReply, RingRequest, StatsRequest, decode_dot, encode_message_into,
 };
 use crate::ring::Ring;
 use crate::siblings::{DecodeLimits, SiblingSet};
@@ -91,6 +91,7 @@ enum Started {
     Ping,
     Ring,
     Inspect,
+    Stats,
 }
 
 impl Started {
@@ -103,6 +104,7 @@ impl Started {
             Started::Ping => Kind::PING,
             Started::Ring => Kind::RING,
             Started::Inspect => Kind::INSPECT,
+            Started::Stats => Kind::STATS,
         }
     }
 }
@@ -216,6 +218,13 @@ impl ClientCore {
     pub fn start_ring(&mut self, now: Instant) -> Result<RequestId, ClientError> {
         self.admit(&[], &[])?;
         Ok(self.send(now, |out, id| encode_message_into(out, id, &RingRequest {}), Started::Ring))
+    }
+
+    /// Starts a request for the node's hints and the peers it believes
+    /// down.
+    pub fn start_stats(&mut self, now: Instant) -> Result<RequestId, ClientError> {
+        self.admit(&[], &[])?;
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &StatsRequest {}), Started::Stats))
     }
 
     /// Starts a read of the node's own replica of `key`, without
@@ -445,6 +454,10 @@ fn complete(started: Started, frame: &Frame) -> Result<Response, ClientError> {
         },
         Started::Inspect => match reply {
             Reply::Inspect(reply) => Ok(Response::Inspect(inspected(reply)?)),
+            other => Err(unexpected(other)),
+        },
+        Started::Stats => match reply {
+            Reply::Stats(reply) => Ok(Response::Stats(reply)),
             other => Err(unexpected(other)),
         },
     }
