@@ -11,6 +11,9 @@
 //! - [`message`]: the message types and the one place archived bytes are
 //!   read (rkyv's validating access); [`message::Request::parse`] is what a
 //!   node runs on every frame a client sends.
+//! - [`ring`]: partitions, their owners and preference lists.
+//! - [`membership`]: member records and gossip messages (versioned, with a
+//!   merge that converges), read through the same checked access.
 //! - [`limits`]: every size a peer can make us accept, and how they relate.
 //! - [`client`]: the sans-IO [`client::ClientCore`] and the blocking
 //!   [`Client`] over `std::net`.

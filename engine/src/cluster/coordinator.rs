@@ -35,16 +35,45 @@
 //! other replicas, and sends the merge of everything it heard to every
 //! replica whose answer was not already that set (read repair).
 //!
+//! # Sloppy quorum and hinted handoff
+//!
+//! Down is judged locally: heartbeats ([`PeerRequest::Ping`], every
+//! `heartbeat_interval` to every member) feed a phi-accrual
+//! [`Detector`], and a refused or broken connection marks a peer down at
+//! once. A request is planned over the ring walk from the key's partition:
+//! each owner believed down is replaced by the next node along the ring
+//! believed up (a fallback), which is sent the write with a hint naming
+//! the owner ([`PeerRequest::Write`] with `hint`). During the request, an
+//! asked node that fails, or has not answered after `hint_after`, is
+//! stood in for by the next spare node, even once W is met, so the key
+//! keeps N copies and the owner its hint. An acknowledgement from a
+//! fallback counts toward W once it is durable: a write fails only when
+//! fewer than W nodes in the whole cluster could take it, and the error
+//! says so. A node that is asked to coordinate but cannot reach any owner
+//! (every forward failed) coordinates itself, standing in for an owner.
+//!
+//! The fallback keeps the set in its own store (so it can serve reads and
+//! never reissue a dot) and a durable hint per owner
+//! ([`Replica`](crate::replica::Replica)'s hint space). On every tick the
+//! coordinator runs hint delivery: a pass lists the hints a page at a time
+//! (resuming where it stopped), sends each key's current set to its owner
+//! if the owner is believed up, and drops the hint once the owner has made
+//! it durable, unless a newer hinted write changed it meanwhile. At most
+//! `handoff_in_flight` deliveries run at once and `handoff_keys_per_second`
+//! start per second; hints for owners that are down or gone wait for a
+//! later pass and are counted.
+//!
 //! # What this does not guarantee
 //!
 //! - R + W > N makes a read that starts after a write was acknowledged
-//!   return it (or a successor) only while the preference list is stable
-//!   and no acknowledging replica lost the write; this issue's ring is
-//!   static and replicas sync before acknowledging, and the simulator checks
-//!   the property in fault-free runs.
-//! - A node that is down is not yet skipped in favour of a fallback (that
-//!   is sloppy quorum and hinted handoff, the next issue): a write fails
-//!   when fewer than W of the key's own replicas take it.
+//!   return it (or a successor) only while the preference list is stable,
+//!   every owner is up, and no acknowledging replica lost the write: a
+//!   write taken by fallbacks is read from the owners only after its hints
+//!   arrive (read repair and anti-entropy close the rest). The simulator
+//!   checks the property in fault-free runs.
+//! - A fallback keeps its copy of a key after delivering its hint; reaping
+//!   such copies (with an incarnation bump, so no dot is ever reissued) is
+//!   part of ownership transfer, not yet built.
 //! - A cluster with fewer members than N keeps one replica per member; the
 //!   default R and W shrink with it, but a request that asks for more than
 //!   there are replicas is refused.
