@@ -42,6 +42,8 @@ struct Write {
     /// of the same value).
     attempts: u32,
     ok: bool,
+    /// The last error, if it failed.
+    error: Option<String>,
 }
 
 /// Writes unique keys from [`WRITERS`] threads until `stop` is set.
@@ -61,20 +63,24 @@ fn write_load(
                     let (key, value) = (format!("cart-{n:06}"), format!("item-{n}"));
                     let started = Instant::now();
                     let mut attempts = 0;
+                    let mut error = None;
                     let ok = loop {
                         attempts += 1;
                         match client.put(key.as_bytes(), value.as_bytes(), None) {
                             Ok(_) => break true,
                             Err(
-                                ClientError::Timeout { .. }
+                                failed @ (ClientError::Timeout { .. }
                                 | ClientError::ConnectionLost
-                                | ClientError::Server { .. },
-                            ) if attempts < 2 => continue,
-                            Err(_) => break false,
+                                | ClientError::Server { .. }),
+                            ) if attempts < 2 => error = Some(failed.to_string()),
+                            Err(failed) => {
+                                error = Some(failed.to_string());
+                                break false;
+                            }
                         }
                     };
                     let latency = started.elapsed();
-                    writes.push(Write { key, value, started, latency, attempts, ok });
+                    writes.push(Write { key, value, started, latency, attempts, ok, error });
                 }
                 writes
             })
@@ -207,6 +213,8 @@ fn a_killed_node_does_not_stop_writes_and_gets_what_it_missed_by_hints() {
     for phase in &phases {
         println!("sigkill  {}", phase.report());
     }
+    let failed: Vec<&str> = writes.iter().filter_map(|w| w.error.as_deref()).collect();
+    println!("sigkill  errors: {failed:?}");
     for phase in &phases {
         assert!(phase.writes > 0, "{}: no writes", phase.name);
         assert_eq!(phase.succeeded, phase.writes, "{}: a write failed twice", phase.name);

@@ -15,8 +15,8 @@
 //! whichever call finds it due (others route by the old one meanwhile);
 //! idle connections are pooled per address ([`Pools`]), pruned to the
 //! seeds and the ring's members when a new ring arrives; a node that
-//! refused a connection or let a request time out is tried last for
-//! [`NODE_DOWN_FOR`].
+//! refused a connection, let a request time out or lost a connection is
+//! tried last for [`NODE_DOWN_FOR`].
 //!
 //! Time: the driver reads `Instant::now()` and hands it to the core, and
 //! sets the socket's read timeout to the core's next deadline, so a request
@@ -658,9 +658,10 @@ impl Client {
             if suggests_ring_changed(&result, true) {
                 self.ring_suspect();
             }
-            if matches!(result, Err(ClientError::Timeout { .. })) {
-                // Silent (stopped, overloaded, cut off): the key's other
-                // replicas go first for a while.
+            if matches!(result, Err(ClientError::Timeout { .. } | ClientError::ConnectionLost)) {
+                // Silent (stopped, overloaded, cut off) or its connection
+                // broke (killed): the key's other replicas go first for a
+                // while, so a retry does not meet the same fate.
                 self.mark_down(addr);
             }
             match result {
