@@ -233,8 +233,7 @@ impl<D: Disk> Replica<D> {
     ) -> Result<Vec<Hint>, ReplicaError> {
         let mut hints = Vec::new();
         let mut keys = 0;
-        let spaces = self.store.partitions().into_iter().filter(|p| p & HINT_PARTITION_BIT != 0);
-        for space in spaces {
+        for space in self.hint_spaces() {
             let partition = space & !HINT_PARTITION_BIT;
             let start = match &after {
                 Some((after, _)) if partition < *after => continue,
@@ -275,8 +274,12 @@ impl<D: Disk> Replica<D> {
 
     /// Keys this replica holds hints for (for operators).
     pub fn hinted_keys(&self) -> usize {
-        let spaces = self.store.partitions().into_iter().filter(|p| p & HINT_PARTITION_BIT != 0);
-        spaces.map(|space| self.store.keys(space, None, usize::MAX).len()).sum()
+        self.hint_spaces().map(|space| self.store.key_count(space)).sum()
+    }
+
+    /// The store partitions holding hint records, ascending.
+    fn hint_spaces(&self) -> impl Iterator<Item = u32> + use<D> {
+        self.store.partitions().into_iter().filter(|p| p & HINT_PARTITION_BIT != 0)
     }
 
     /// Merges `incoming` (a whole set from a coordinator, a read repair, a

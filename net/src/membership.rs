@@ -94,9 +94,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::frame::{BODY_ALIGNMENT, Frame, Kind, PROTOCOL_VERSION, encode_frame};
 use crate::message::MessageError;
-use crate::ring::{
-    ADDR_BYTES_MAX, Member, NodeId, PARTITIONS_MAX, Ring, RingError, RingState, ZONE_BYTES_MAX,
-};
+use crate::ring::{Member, NodeId, PARTITIONS_MAX, Ring, RingError, RingState};
 
 /// The most member records (tombstones included) a state, digest or want
 /// list may hold: a ring has at most [`PARTITIONS_MAX`] members, and a
@@ -234,17 +232,7 @@ impl MemberRecord {
         if self.status().is_none() {
             return Err(MembershipError::UnknownStatus { id, status: self.status });
         }
-        if self.member.weight == 0 {
-            return Err(MembershipError::ZeroWeight { id });
-        }
-        for (field, bytes, bytes_max) in [
-            ("addr", self.member.addr.len(), ADDR_BYTES_MAX),
-            ("zone", self.member.zone.len(), ZONE_BYTES_MAX),
-        ] {
-            if bytes > bytes_max {
-                return Err(MembershipError::FieldTooLong { id, field, bytes, bytes_max });
-            }
-        }
+        self.member.validate()?;
         Ok(())
     }
 }
@@ -666,30 +654,13 @@ pub enum MembershipError {
         /// The byte.
         status: u8,
     },
-    /// A member has weight 0.
-    #[error("member {id} has weight 0")]
-    ZeroWeight {
-        /// The member.
-        id: NodeId,
-    },
-    /// A member's address or zone is too long.
-    #[error("member {id}'s {field} is {bytes} bytes, over the limit of {bytes_max}")]
-    FieldTooLong {
-        /// The member.
-        id: NodeId,
-        /// `"addr"` or `"zone"`.
-        field: &'static str,
-        /// Its length.
-        bytes: usize,
-        /// The limit.
-        bytes_max: usize,
-    },
     /// A ring at version 0 that is not the empty ring (version 0 means "no
     /// ring yet").
     #[error("a ring at version 0 must be empty")]
     RingVersionZero,
-    /// The ring is refused by [`Ring::from_state`].
-    #[error("bad ring: {0}")]
+    /// The ring is refused by [`Ring::from_state`], or a member by
+    /// [`Member::validate`] (weight 0, address or zone too long).
+    #[error("bad ring or member: {0}")]
     Ring(#[from] RingError),
 }
 
@@ -831,6 +802,7 @@ codec!(MemberRecord, GossipState, GossipDigest, GossipReply, GossipPush);
 mod tests {
     use super::*;
     use crate::limits::FRAME_BYTES_MAX_DEFAULT;
+    use crate::ring::ZONE_BYTES_MAX;
 
     fn member(id: u64) -> Member {
         Member { id, addr: format!("10.0.0.{id}:7070"), weight: 1, zone: format!("z{}", id % 3) }
@@ -953,7 +925,7 @@ mod tests {
                     }],
                     ring: RingState::default(),
                 },
-                MembershipError::ZeroWeight { id: 1 },
+                MembershipError::Ring(RingError::ZeroWeight { id: 1 }),
             ),
             (
                 GossipState {
@@ -963,12 +935,12 @@ mod tests {
                     }],
                     ring: RingState::default(),
                 },
-                MembershipError::FieldTooLong {
+                MembershipError::Ring(RingError::FieldTooLong {
                     id: 1,
                     field: "zone",
                     bytes: ZONE_BYTES_MAX + 1,
                     bytes_max: ZONE_BYTES_MAX,
-                },
+                }),
             ),
             (
                 GossipState { members: vec![], ring: RingState { version: 0, ..ring(&[1], 1) } },

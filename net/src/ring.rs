@@ -135,6 +135,25 @@ pub struct Member {
     pub zone: String,
 }
 
+impl Member {
+    /// Checks the fields every holder of a member relies on: weight at
+    /// least 1, address and zone within their limits.
+    pub fn validate(&self) -> Result<(), RingError> {
+        let id = self.id;
+        if self.weight == 0 {
+            return Err(RingError::ZeroWeight { id });
+        }
+        for (field, bytes, bytes_max) in
+            [("addr", self.addr.len(), ADDR_BYTES_MAX), ("zone", self.zone.len(), ZONE_BYTES_MAX)]
+        {
+            if bytes > bytes_max {
+                return Err(RingError::FieldTooLong { id, field, bytes, bytes_max });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The ring as it travels: a plain rkyv wire type (integers, strings and
 /// vectors), turned back into a [`Ring`] only through [`Ring::from_state`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -509,18 +528,7 @@ fn check_members(partitions: u32, members: &[Member]) -> Result<(), RingError> {
         return Err(RingError::TooManyMembers { members: members.len(), partitions });
     }
     for member in members {
-        let id = member.id;
-        if member.weight == 0 {
-            return Err(RingError::ZeroWeight { id });
-        }
-        for (field, bytes, bytes_max) in [
-            ("addr", member.addr.len(), ADDR_BYTES_MAX),
-            ("zone", member.zone.len(), ZONE_BYTES_MAX),
-        ] {
-            if bytes > bytes_max {
-                return Err(RingError::FieldTooLong { id, field, bytes, bytes_max });
-            }
-        }
+        member.validate()?;
     }
     for pair in members.windows(2) {
         let (previous, id) = (pair[0].id, pair[1].id);

@@ -272,6 +272,31 @@ pub struct CoordinatorStats {
     pub hints_waiting: u64,
 }
 
+impl std::ops::AddAssign for CoordinatorStats {
+    fn add_assign(&mut self, other: CoordinatorStats) {
+        let CoordinatorStats {
+            reads,
+            writes,
+            forwarded,
+            timeouts,
+            unavailable,
+            read_repairs,
+            hinted_writes,
+            hints_delivered,
+            hints_waiting,
+        } = other;
+        self.reads += reads;
+        self.writes += writes;
+        self.forwarded += forwarded;
+        self.timeouts += timeouts;
+        self.unavailable += unavailable;
+        self.read_repairs += read_repairs;
+        self.hinted_writes += hinted_writes;
+        self.hints_delivered += hints_delivered;
+        self.hints_waiting += hints_waiting;
+    }
+}
+
 /// One node's (one shard's) coordinator.
 #[derive(Debug)]
 pub struct Coordinator {

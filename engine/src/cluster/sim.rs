@@ -787,16 +787,7 @@ impl Sim {
     pub fn coordinator_stats(&self) -> super::coordinator::CoordinatorStats {
         let mut total = super::coordinator::CoordinatorStats::default();
         for running in self.nodes.iter().filter_map(|node| node.running.as_ref()) {
-            let stats = running.coordinator.stats();
-            total.reads += stats.reads;
-            total.writes += stats.writes;
-            total.forwarded += stats.forwarded;
-            total.timeouts += stats.timeouts;
-            total.unavailable += stats.unavailable;
-            total.read_repairs += stats.read_repairs;
-            total.hinted_writes += stats.hinted_writes;
-            total.hints_delivered += stats.hints_delivered;
-            total.hints_waiting += stats.hints_waiting;
+            total += running.coordinator.stats();
         }
         total
     }

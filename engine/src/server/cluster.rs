@@ -44,8 +44,8 @@ use holdfast_net::{SiblingSet, VersionVector};
 use super::connection::gather;
 use super::shard::Shard;
 use crate::cluster::coordinator::{
-    Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, LocalResult, OpId,
-    PeerReply, PeerRequest,
+    Action, ClientRef, ClientReply, ClientRequest, Coordinator, CoordinatorStats, Input, LocalOp,
+    LocalResult, OpId, PeerReply, PeerRequest,
 };
 
 /// How often a shard looks for expired coordinator timers. Request
@@ -73,9 +73,7 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ShardStats {
     pub hinted_keys: u64,
-    pub hints_waiting: u64,
-    pub hints_delivered: u64,
-    pub hinted_writes: u64,
+    pub coordinator: CoordinatorStats,
     pub down: Vec<NodeId>,
 }
 
@@ -126,9 +124,7 @@ impl ClusterDriver {
         let mut total = ShardStats::default();
         for shard in shards {
             total.hinted_keys += shard.hinted_keys;
-            total.hints_waiting += shard.hints_waiting;
-            total.hints_delivered += shard.hints_delivered;
-            total.hinted_writes += shard.hinted_writes;
+            total.coordinator += shard.coordinator;
             total.down.extend(shard.down);
         }
         total.down.sort_unstable();
@@ -409,12 +405,9 @@ impl Shard {
 impl Shard {
     fn publish_stats(&self, now: Duration) {
         let coordinator = self.cluster.coordinator.borrow();
-        let counters = coordinator.stats();
         let stats = ShardStats {
             hinted_keys: self.replica.hinted_keys() as u64,
-            hints_waiting: counters.hints_waiting,
-            hints_delivered: counters.hints_delivered,
-            hinted_writes: counters.hinted_writes,
+            coordinator: coordinator.stats(),
             down: coordinator.down(now),
         };
         if let Ok(mut shards) = self.cluster.stats.lock() {

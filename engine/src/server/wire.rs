@@ -101,9 +101,9 @@ pub(crate) fn stats_reply(
     let reply = holdfast_net::message::StatsReply {
         node,
         hinted_keys: stats.hinted_keys,
-        hints_waiting: stats.hints_waiting,
-        hints_delivered: stats.hints_delivered,
-        hinted_writes: stats.hinted_writes,
+        hints_waiting: stats.coordinator.hints_waiting,
+        hints_delivered: stats.coordinator.hints_delivered,
+        hinted_writes: stats.coordinator.hinted_writes,
         down: stats.down,
     };
     encode_message(request_id, &reply)

@@ -125,6 +125,12 @@ impl Index {
         partitions
     }
 
+    /// Keys of `partition` holding a value, counted without copying them.
+    pub fn live_keys_in(&self, partition: u32) -> usize {
+        let Some(keys) = self.partitions.get(&partition) else { return 0 };
+        keys.values().filter(|location| location.kind == RecordKind::Put).count()
+    }
+
     /// Keys holding a value.
     pub fn live_keys(&self) -> u64 {
         self.live_keys

@@ -899,6 +899,11 @@ impl<D: Disk> Store<D> {
         self.inner.borrow().index.keys(partition, after, limit)
     }
 
+    /// How many keys of `partition` hold a value.
+    pub fn key_count(&self, partition: u32) -> usize {
+        self.inner.borrow().index.live_keys_in(partition)
+    }
+
     /// The partitions holding any keys, ascending.
     pub fn partitions(&self) -> Vec<u32> {
         self.inner.borrow().index.partitions()
