@@ -117,6 +117,17 @@ impl ClusterDriver {
         self.started.elapsed()
     }
 
+    /// Routes by the node's ring if it is newer than the coordinator's
+    /// (or the coordinator has none).
+    fn adopt_ring(&self) {
+        let current = self.ring.lock().ok().and_then(|ring| ring.clone());
+        let Some(ring) = current else { return };
+        let mut coordinator = self.coordinator.borrow_mut();
+        if coordinator.ring().is_none_or(|routed| routed.version() != ring.version()) {
+            coordinator.set_ring(ring);
+        }
+    }
+
     /// The node's counters: every shard's, summed, and the peers any shard
     /// believes down.
     pub fn node_stats(&self) -> ShardStats {
@@ -152,6 +163,12 @@ impl Shard {
         request: ClientRequest,
         forwarded: bool,
     ) -> ClientReply {
+        if self.cluster.coordinator.borrow().ring().is_none() {
+            // The node may have its ring before this shard's first tick
+            // (a request right after start): adopt it now rather than
+            // refuse.
+            self.cluster.adopt_ring();
+        }
         let (done, reply) = oneshot::channel();
         let id = self.cluster.next_client.get();
         self.cluster.next_client.set(id + 1);
@@ -373,17 +390,10 @@ impl Shard {
     /// Fires expired coordinator timers, and adopts a new ring when the
     /// node has one, until the shard stops.
     pub(crate) async fn tick(self: Rc<Self>) {
-        let mut ring_version = None;
         let mut published = Duration::ZERO;
         while !self.stopping.is_set() {
             glommio::timer::sleep(TIMER_TICK).await;
-            let current = self.cluster.ring.lock().ok().and_then(|ring| ring.clone());
-            if let Some(ring) = current
-                && ring_version != Some(ring.version())
-            {
-                ring_version = Some(ring.version());
-                self.cluster.coordinator.borrow_mut().set_ring(ring);
-            }
+            self.cluster.adopt_ring();
             let now = self.cluster.now();
             let expired: Vec<(Duration, OpId)> = {
                 let mut timers = self.cluster.timers.borrow_mut();
