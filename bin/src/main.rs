@@ -19,8 +19,12 @@
 //! - `holdfast up` runs a local cluster: one `holdfast serve` child process
 //!   per node, on consecutive ports (see `commands/up.rs`).
 //! - `holdfast status` prints the ring as one node sees it, with every
-//!   member's share and whether it answers now; `holdfast inspect KEY`
-//!   prints one node's own replica of a key (see `commands/cluster.rs`).
+//!   member's share and whether it answers now, each node's membership
+//!   status and transfer progress; `holdfast inspect KEY` prints one node's
+//!   own replica of a key (see `commands/cluster.rs`).
+//! - `holdfast admin leave | remove` changes the membership of a running
+//!   cluster (see `commands/admin.rs`); a node joins by starting with
+//!   `holdfast serve --join --seeds ADDR`.
 //!
 //! Every command that touches a store runs it on one glommio executor (the
 //! store is per shard and `!Send`); nothing here spins, since the machines
@@ -46,7 +50,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{Outcome, bench, check, client, cluster, serve, torture, up};
+use crate::commands::{Outcome, admin, bench, check, client, cluster, serve, torture, up};
 
 // The store allocates a buffer per write and per read; mimalloc keeps those
 // allocations cheap and local to the shard's thread.
@@ -89,6 +93,11 @@ enum Command {
     /// Prints the versions one node's own replica holds for a key, without
     /// coordination.
     Inspect(cluster::InspectArgs),
+    /// Membership changes of a running cluster: a node leaves, or a dead
+    /// node is removed. (A node joins with `holdfast serve --join --seeds
+    /// ADDR`.)
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Operator tools for one shard's store directory.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -123,6 +132,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => client::delete(args),
         Command::Status(args) => cluster::status(args),
         Command::Inspect(args) => cluster::inspect(args),
+        Command::Admin(command) => admin::run(command),
         Command::Store(StoreCommand::Check(args)) => check::run(args),
         Command::Store(StoreCommand::Bench(args)) => bench::run(args),
         Command::Store(StoreCommand::Torture(args)) => torture::run(args),

@@ -42,7 +42,7 @@ use holdfast_net::message::ErrorCode;
 use holdfast_net::siblings::{DecodeError, DecodeLimits, VERSIONS_MAX};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 
-use crate::cluster::coordinator::{Hint, LocalOp, LocalResult};
+use crate::cluster::coordinator::{Hint, LocalOp, LocalResult, Progress, set_token};
 use crate::disk::Disk;
 use crate::store::{ReadError, Store, WriteError};
 use holdfast_net::ring::NodeId;
@@ -59,6 +59,10 @@ pub enum ReplicaError {
     /// bug or a format mismatch, never served as data.
     #[error("stored sibling set does not decode: {0}")]
     Stored(DecodeError),
+    /// A record the replica keeps for itself (a dot floor) is damaged; the
+    /// operation that needed it is refused rather than guessed at.
+    #[error("{0}")]
+    Metadata(String),
     /// The write could not be made a version (its context is unusable).
     #[error("write refused: {0}")]
     Clock(#[from] holdfast_net::siblings::WriteError),
@@ -98,6 +102,8 @@ pub struct Replica<D: Disk> {
     /// The newest queued, not yet durable set of each key being written,
     /// and how many writes of it are in flight.
     pending: RefCell<QueuedSets>,
+    /// Dot floors by partition, as read from the store (see `remove`).
+    floors: RefCell<AHashMap<u32, u64>>,
 }
 
 impl<D: Disk> Replica<D> {
@@ -112,6 +118,7 @@ impl<D: Disk> Replica<D> {
             limits: DecodeLimits { value_bytes_max },
             latches: RefCell::new(AHashMap::new()),
             pending: RefCell::new(AHashMap::new()),
+            floors: RefCell::new(AHashMap::new()),
         }
     }
 
@@ -148,8 +155,15 @@ impl<D: Disk> Replica<D> {
         value: Option<Vec<u8>>,
     ) -> Result<(SiblingSet, Dot), ReplicaError> {
         let actor = self.actor;
-        let (set, dot) =
-            self.update(partition, key, |set| Ok(Some(set.write(actor, context, value)?))).await?;
+        let floor = self.floor(partition).await?;
+        let (set, dot) = self
+            .update(partition, key, |set| {
+                // Read again under the key's latch: a removal of this key
+                // may have raised the floor while the write waited for it.
+                let floor = self.floors.borrow().get(&partition).copied().unwrap_or(floor);
+                Ok(Some(set.write_above(actor, context, value, floor)?))
+            })
+            .await?;
         Ok((set, dot.expect("a write always changes the set")))
     }
 
@@ -369,6 +383,137 @@ impl<D: Disk> Replica<D> {
         Ok((set, outcome))
     }
 
+    /// The dot floor of `partition`: above every counter of this node's
+    /// actor in sets removed from it.
+    async fn floor(&self, partition: u32) -> Result<u64, ReplicaError> {
+        if let Some(&floor) = self.floors.borrow().get(&partition) {
+            return Ok(floor);
+        }
+        let stored = self.store.get(FLOOR_SPACE, &partition.to_be_bytes()).await?;
+        let floor = match stored.as_deref().map(<[u8; 8]>::try_from) {
+            Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+            Some(Err(_)) => {
+                // Unreadable: no floor is safe, so refuse to guess low.
+                return Err(ReplicaError::Metadata(format!(
+                    "partition {partition}'s dot floor record does not decode"
+                )));
+            }
+            None => 0,
+        };
+        self.floors.borrow_mut().insert(partition, floor);
+        Ok(floor)
+    }
+
+    /// Up to `keys` keys of `partition` after `after`, with their sets,
+    /// stopping early once keys and sets reach `bytes`; and whether more
+    /// follow.
+    pub async fn scan(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        keys: usize,
+        bytes: usize,
+    ) -> Result<(Vec<(Vec<u8>, SiblingSet)>, bool), ReplicaError> {
+        let listed = self.store.keys(partition, after, keys.max(1));
+        let mut more = listed.len() >= keys.max(1);
+        let mut entries = Vec::with_capacity(listed.len());
+        let mut total = 0;
+        for (index, key) in listed.iter().enumerate() {
+            let Some(stored) = self.store.get(partition, key).await? else { continue };
+            // Keys count too: an offer of the page carries them.
+            total += key.len() + stored.len();
+            let set = SiblingSet::decode(&stored, self.limits).map_err(ReplicaError::Stored)?;
+            entries.push((key.to_vec(), set));
+            if total >= bytes && index + 1 < listed.len() {
+                more = true;
+                break;
+            }
+        }
+        Ok((entries, more))
+    }
+
+    /// Merges a pulled page (all keys at once, so they share group
+    /// commits), then records `progress`, durably.
+    pub async fn pulled(
+        &self,
+        partition: u32,
+        entries: &[(Vec<u8>, SiblingSet)],
+        progress: &Progress,
+    ) -> Result<(), ReplicaError> {
+        let merges = entries.iter().map(|(key, set)| self.merge(partition, key, set));
+        for merged in futures::future::join_all(merges).await {
+            merged?;
+        }
+        let key = progress.partition.to_be_bytes();
+        self.store.put(PROGRESS_SPACE, &key, &encode_progress(progress)).await?;
+        Ok(())
+    }
+
+    /// Every pull progress record. A record that does not decode is
+    /// skipped (its partition is pulled again from the start).
+    pub async fn progress(&self) -> Result<Vec<Progress>, ReplicaError> {
+        let mut records = Vec::new();
+        for key in self.store.keys(PROGRESS_SPACE, None, usize::MAX) {
+            let Some(bytes) = self.store.get(PROGRESS_SPACE, &key).await? else { continue };
+            match decode_progress(&key, &bytes) {
+                Some(progress) => records.push(progress),
+                None => tracing::warn!("a pull progress record does not decode"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// Per key, whether this replica holds exactly the set of `token`.
+    pub async fn compare(
+        &self,
+        partition: u32,
+        keys: &[(Vec<u8>, u64)],
+    ) -> Result<Vec<bool>, ReplicaError> {
+        let mut have = Vec::with_capacity(keys.len());
+        for (key, wanted) in keys {
+            let set = self.read(partition, key).await?;
+            have.push(!set.is_empty() && token(&set) == *wanted);
+        }
+        Ok(have)
+    }
+
+    /// Removes each key whose set still has its token (the rest changed
+    /// since they were handed off, and wait for the next sweep). Before a
+    /// key goes, the partition's dot floor is raised, durably, to the
+    /// highest counter of this node's actor the set carried: a later write
+    /// of the key here must never issue a dot it issued before.
+    pub async fn remove(
+        &self,
+        partition: u32,
+        keys: &[(Vec<u8>, u64)],
+    ) -> Result<(), ReplicaError> {
+        for (key, wanted) in keys {
+            let _latch = self.latch(partition, key).await;
+            if self.pending.borrow().contains_key(&(partition, key.as_slice().into())) {
+                continue;
+            }
+            let set = self.read(partition, key).await?;
+            if set.is_empty() || token(&set) != *wanted {
+                continue;
+            }
+            let counter = set.highest_counter(self.actor);
+            if counter > self.floor(partition).await? {
+                let floor = counter.to_be_bytes();
+                self.store.put(FLOOR_SPACE, &partition.to_be_bytes(), &floor).await?;
+                self.floors.borrow_mut().insert(partition, counter);
+            }
+            self.store.remove(partition, key).await?;
+        }
+        Ok(())
+    }
+
+    /// The data partitions this replica holds keys of (not hints, not
+    /// metadata), ascending.
+    pub fn data_partitions(&self) -> Vec<u32> {
+        let special = HINT_PARTITION_BIT | META_PARTITION_BIT;
+        self.store.live_partitions().into_iter().filter(|p| p & special == 0).collect()
+    }
+
     /// Carries out a coordinator's local operation (what both the node and
     /// the simulator do with `Action::Local`) and reports how it ended.
     pub async fn apply(&self, local: LocalOp) -> LocalResult {
@@ -394,6 +539,22 @@ impl<D: Disk> Replica<D> {
             LocalOp::DropHint(hint) => {
                 self.drop_hint(&hint).await.map_or_else(failed, |()| LocalResult::Merged)
             }
+            LocalOp::Scan { partition, after, keys, bytes } => self
+                .scan(partition, after.as_deref(), keys, bytes)
+                .await
+                .map_or_else(failed, |(entries, more)| LocalResult::Scanned { entries, more }),
+            LocalOp::Pulled { partition, entries, progress } => self
+                .pulled(partition, &entries, &progress)
+                .await
+                .map_or_else(failed, |()| LocalResult::Merged),
+            LocalOp::Compare { partition, keys } => {
+                self.compare(partition, &keys).await.map_or_else(failed, LocalResult::Have)
+            }
+            LocalOp::Remove { partition, keys } => {
+                self.remove(partition, &keys).await.map_or_else(failed, |()| LocalResult::Merged)
+            }
+            LocalOp::Progress => self.progress().await.map_or_else(failed, LocalResult::Progress),
+            LocalOp::Partitions => LocalResult::Partitions(self.data_partitions()),
         }
     }
 
@@ -417,7 +578,36 @@ pub const HINT_PARTITION_BIT: u32 = 1 << 31;
 
 /// A set's hint token: a stable hash of its canonical bytes.
 fn token(set: &SiblingSet) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(&set.encode())
+    set_token(set)
+}
+
+/// The bit that moves a record into the store's metadata space (never a
+/// data partition, never a hint).
+pub const META_PARTITION_BIT: u32 = 1 << 30;
+/// Pull progress records: key the partition (big-endian), value the base
+/// ring version (big-endian), a done byte and the cursor key.
+const PROGRESS_SPACE: u32 = META_PARTITION_BIT;
+/// Dot floors: key the partition (big-endian), value the highest counter
+/// of this node's actor in sets it removed from that partition.
+const FLOOR_SPACE: u32 = META_PARTITION_BIT | 1;
+
+fn encode_progress(progress: &Progress) -> Vec<u8> {
+    let mut bytes = progress.base.to_be_bytes().to_vec();
+    bytes.push(u8::from(progress.done));
+    bytes.extend_from_slice(progress.cursor.as_deref().unwrap_or_default());
+    bytes
+}
+
+fn decode_progress(key: &[u8], bytes: &[u8]) -> Option<Progress> {
+    let partition = u32::from_be_bytes(key.try_into().ok()?);
+    let base = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let done = match bytes.get(8)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let cursor = bytes.get(9..).filter(|cursor| !cursor.is_empty()).map(<[u8]>::to_vec);
+    Some(Progress { partition, base, cursor, done })
 }
 
 /// A hint record: (owner, token) pairs, 16 bytes each, big-endian.
@@ -522,5 +712,47 @@ mod tests {
             assert!(deleted.is_tombstone_only());
             assert_eq!(replica.read(0, b"k").await.unwrap().values().count(), 0);
         });
+    }
+
+    #[test]
+    fn a_key_removed_after_handoff_never_has_its_dots_issued_again() {
+        for seed in 0..20 {
+            let disk = SimDisk::new(SimDiskOptions::new(seed));
+            let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
+            let open = || {
+                let (store, _) = block_on(Store::open(disk.clone(), options.clone())).unwrap();
+                Replica::new(store, Actor::new(1, 0))
+            };
+            let replica = open();
+            let empty = VersionVector::new();
+            block_on(async {
+                let mut issued = Vec::new();
+                for value in ["a", "b", "c"] {
+                    let (_, dot) =
+                        replica.write(7, b"k", &empty, Some(value.into())).await.unwrap();
+                    issued.push(dot);
+                }
+                let set = replica.read(7, b"k").await.unwrap();
+                // A changed token keeps the key.
+                replica.remove(7, &[(b"k".to_vec(), token(&set) ^ 1)]).await.unwrap();
+                assert_eq!(replica.read(7, b"k").await.unwrap(), set);
+                replica.remove(7, &[(b"k".to_vec(), token(&set))]).await.unwrap();
+                assert!(replica.read(7, b"k").await.unwrap().is_empty());
+                assert_eq!(replica.data_partitions(), Vec::<u32>::new());
+                // A blind write after the removal issues a fresh dot.
+                let (_, dot) = replica.write(7, b"k", &empty, Some("d".into())).await.unwrap();
+                assert!(issued.iter().all(|old| old.counter() < dot.counter()), "seed {seed}");
+                let set = replica.read(7, b"k").await.unwrap();
+                replica.remove(7, &[(b"k".to_vec(), token(&set))]).await.unwrap();
+                replica.store().close().await.unwrap();
+            });
+            drop(replica);
+            // And so does one after a restart, from the durable floor.
+            let replica = open();
+            block_on(async {
+                let (_, dot) = replica.write(7, b"k", &empty, Some("e".into())).await.unwrap();
+                assert!(dot.counter() > 4, "seed {seed}: {dot:?}");
+            });
+        }
     }
 }

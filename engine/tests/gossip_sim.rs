@@ -5,16 +5,21 @@
 //! replies they cause, until the network is quiet, so an exchange (digest,
 //! reply, push) completes within its round. The network loses each message
 //! with a given probability, drops everything to or from a crashed node,
-//! and delivers only within a partition group. Everything random comes
-//! from one seeded ChaCha generator; `HOLDFAST_SEED=n` replays a failure.
+//! and delivers only within a partition group. Where a scenario changes
+//! membership, each node that gains partitions in a pending ring "pulls"
+//! them (a random number of rounds) and reports ready, and the simulator
+//! checks that no ring is ever installed with a replica that has not pulled
+//! what it replicates. Everything random comes from one seeded ChaCha
+//! generator; `HOLDFAST_SEED=n` replays a failure.
 
 mod support;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_engine::cluster::gossip::{Gossip, GossipAction, GossipMessage, GossipOptions, Peer};
-use holdfast_net::membership::{GossipState, MemberRecord, MemberStatus};
+use holdfast_net::membership::{GossipState, MemberRecord, MemberStatus, RingKey, ring_precedence};
 use holdfast_net::ring::{Member, NodeId, Ring, RingState};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -28,15 +33,23 @@ fn member(id: NodeId) -> Member {
     Member { id, addr: format!("node-{id}:7070"), weight: 1, zone: format!("z{}", id % 3) }
 }
 
+/// The replicas per key the membership scenarios use.
+const REPLICAS: usize = 3;
+
 fn options() -> GossipOptions {
-    GossipOptions { interval: INTERVAL }
+    GossipOptions { interval: INTERVAL, replicas: REPLICAS }
 }
 
 /// The state every node of a fresh `n`-node cluster starts from: nodes
 /// `1..=n` up at version 1, and a ring over them at version 1.
 fn cluster_state(n: usize) -> GossipState {
+    cluster_state_of(n, 1024)
+}
+
+/// [`cluster_state`] with a ring of `partitions` partitions.
+fn cluster_state_of(n: usize, partitions: u32) -> GossipState {
     let members: Vec<Member> = (1..=n as NodeId).map(member).collect();
-    let ring = Ring::new(1024, members.clone(), 1).expect("a valid ring").state();
+    let ring = Ring::new(partitions, members.clone(), 1).expect("a valid ring").state();
     let records = members.into_iter().map(|m| MemberRecord::new(m, MemberStatus::Up, 1)).collect();
     GossipState::new(records, ring).expect("a valid state")
 }
@@ -64,6 +77,29 @@ struct Sim {
     /// Messages sent and lost, over the whole run.
     sent: u64,
     lost: u64,
+    /// The simulated data plane, in scenarios that change membership.
+    pulls: Option<Pulls>,
+}
+
+/// What each node pulls for a pending ring, and what it holds.
+struct Pulls {
+    /// A pull takes `0..=delay_max` rounds.
+    delay_max: u64,
+    /// Per node, its pull under way, if any.
+    pulling: Vec<Option<Pull>>,
+    /// Per node id, the partitions it holds data for.
+    held: BTreeMap<NodeId, BTreeSet<u32>>,
+    /// Rings made current, at any node, checked against `held`.
+    installs: u64,
+}
+
+/// One node's pull for the pending change it last heard of.
+struct Pull {
+    /// The current ring's key when the pull began.
+    ring: RingKey,
+    next: Arc<Ring>,
+    /// The round at whose start it completes.
+    due: u64,
 }
 
 impl Sim {
@@ -78,13 +114,18 @@ impl Sim {
             round: 0,
             sent: 0,
             lost: 0,
+            pulls: None,
         }
     }
 
     /// An `n`-node cluster whose nodes all start from the same state.
     fn cluster(seed: u64, n: usize) -> Sim {
+        Sim::cluster_from(seed, n, cluster_state(n))
+    }
+
+    /// An `n`-node cluster whose nodes all start from `state`.
+    fn cluster_from(seed: u64, n: usize, state: GossipState) -> Sim {
         let mut sim = Sim::new(seed);
-        let state = cluster_state(n);
         for id in 1..=n as NodeId {
             let node = Gossip::from_state(member(id), state.clone(), Vec::new(), options())
                 .expect("a valid state");
@@ -96,10 +137,105 @@ impl Sim {
     fn add(&mut self, node: Gossip) -> usize {
         let index = self.nodes.len();
         assert!(self.by_addr.insert(node.me().addr.clone(), index).is_none());
+        if let Some(pulls) = &mut self.pulls {
+            pulls.pulling.push(None);
+            pulls.held.entry(node.id()).or_default();
+        }
         self.nodes.push(node);
         self.live.push(true);
         self.group.push(0);
         index
+    }
+
+    /// Switches the data plane on: every node holds what it replicates in
+    /// its current ring, and pulls take `0..=delay_max` rounds.
+    fn simulate_pulls(&mut self, delay_max: u64) {
+        let mut held: BTreeMap<NodeId, BTreeSet<u32>> = BTreeMap::new();
+        for node in &self.nodes {
+            let entry = held.entry(node.id()).or_default();
+            if let Some(ring) = node.ring() {
+                entry.extend(
+                    (0..ring.partitions())
+                        .filter(|&p| ring.preference_list(p, REPLICAS).contains(&node.id())),
+                );
+            }
+        }
+        let pulling = self.nodes.iter().map(|_| None).collect();
+        self.pulls = Some(Pulls { delay_max, pulling, held, installs: 0 });
+    }
+
+    /// Carries out node `index`'s actions: queues its sends and, with the
+    /// data plane on, starts or cancels its pull and checks every ring it
+    /// makes current.
+    fn absorb(
+        &mut self,
+        index: usize,
+        out: Vec<GossipAction>,
+        queue: &mut VecDeque<(usize, Peer, GossipMessage)>,
+    ) {
+        for action in out {
+            match action {
+                GossipAction::Send { to, message } => queue.push_back((index, to, message)),
+                GossipAction::MembersChanged { .. } => {}
+                GossipAction::RingChanged(ring) => {
+                    let Some(pulls) = &mut self.pulls else { continue };
+                    pulls.installs += 1;
+                    for partition in 0..ring.partitions() {
+                        for id in ring.preference_list(partition, REPLICAS) {
+                            assert!(
+                                pulls.held.get(&id).is_some_and(|held| held.contains(&partition)),
+                                "ring {} made current at node {} routes partition {partition} \
+                                 to node {id}, which has not pulled it",
+                                ring.version(),
+                                self.nodes[index].id(),
+                            );
+                        }
+                    }
+                }
+                GossipAction::NextChanged(next) => {
+                    let Some(pulls) = &mut self.pulls else { continue };
+                    let node = &self.nodes[index];
+                    // A new change voids the pull under way.
+                    pulls.pulling[index] = match next {
+                        Some(next) if node.gainers().contains(&node.id()) => {
+                            let delay = self.rng.random_range(0..=pulls.delay_max);
+                            let ring = node.state().ring_key();
+                            Some(Pull { ring, next, due: self.round + delay })
+                        }
+                        _ => None,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Completes the pulls due this round: each node takes what it gains
+    /// and reports ready.
+    fn finish_pulls(&mut self, queue: &mut VecDeque<(usize, Peer, GossipMessage)>) {
+        let Some(pulls) = &mut self.pulls else { return };
+        let mut done = Vec::new();
+        for index in 0..self.nodes.len() {
+            if !self.live[index] {
+                continue;
+            }
+            let Some(pull) = pulls.pulling[index].take_if(|pull| pull.due <= self.round) else {
+                continue;
+            };
+            let node = &self.nodes[index];
+            // Every change of the current or pending ring announced itself
+            // (and so replaced this pull).
+            assert_eq!(node.state().ring_key(), pull.ring, "node {}", node.id());
+            assert_eq!(node.next_ring().as_ref(), Some(&pull.next), "node {}", node.id());
+            let ring = node.ring().expect("a pull has a ring to pull from");
+            let gained = ring.gained_by(&pull.next, node.id(), REPLICAS);
+            pulls.held.entry(node.id()).or_default().extend(gained);
+            done.push((index, pull.next.version()));
+        }
+        for (index, version) in done {
+            let mut out = Vec::new();
+            self.nodes[index].set_ready(version, &mut out);
+            self.absorb(index, out, queue);
+        }
     }
 
     fn index_of(&self, id: NodeId) -> usize {
@@ -110,16 +246,18 @@ impl Sim {
         INTERVAL * u32::try_from(self.round).expect("few rounds")
     }
 
-    /// One round: every live node ticks, then messages flow until quiet.
+    /// One round: pulls due complete, every live node ticks, then messages
+    /// flow until quiet.
     fn step(&mut self) {
         let now = self.now();
+        let mut queue = VecDeque::new();
+        self.finish_pulls(&mut queue);
         let mut order: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.live[i]).collect();
         order.shuffle(&mut self.rng);
-        let mut queue = VecDeque::new();
         for index in order {
             let mut out = Vec::new();
             self.nodes[index].tick(now, &mut self.rng, &mut out);
-            queue.extend(sends(index, out));
+            self.absorb(index, out, &mut queue);
         }
         while let Some((from, to, message)) = queue.pop_front() {
             self.sent += 1;
@@ -136,7 +274,7 @@ impl Sim {
             }
             let mut out = Vec::new();
             self.nodes[to].handle(message, &mut out);
-            queue.extend(sends(to, out));
+            self.absorb(to, out, &mut queue);
         }
         self.round += 1;
     }
@@ -179,7 +317,9 @@ fn sends(from: usize, out: Vec<GossipAction>) -> Vec<(usize, Peer, GossipMessage
     out.into_iter()
         .filter_map(|action| match action {
             GossipAction::Send { to, message } => Some((from, to, message)),
-            GossipAction::RingChanged(_) | GossipAction::MembersChanged { .. } => None,
+            GossipAction::RingChanged(_)
+            | GossipAction::NextChanged(_)
+            | GossipAction::MembersChanged { .. } => None,
         })
         .collect()
 }
@@ -400,8 +540,97 @@ fn a_left_record_is_never_undone_by_stale_gossip() {
     });
 }
 
+/// A membership change in the scenario below.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// A new node joins, knowing only the address of the node at this index.
+    Join { seed: usize },
+    /// An operator at the node at index `at` marks node `id` `Leaving`.
+    Leave { id: NodeId, at: usize },
+}
+
+#[test]
+fn joins_and_a_leave_install_a_ring_only_once_every_gainer_has_pulled() {
+    for_seeds(200, |seed| {
+        let n = 8;
+        let mut sim = Sim::cluster_from(seed, n, cluster_state_of(n, 256));
+        sim.simulate_pulls(4);
+        sim.loss = 0.1;
+        // Two joins via one seed each and one leave, each in one of the
+        // first few rounds.
+        let leaving = sim.rng.random_range(1..=n as NodeId);
+        let mut changes: Vec<(u64, Change)> = Vec::new();
+        for _ in 0..2 {
+            let seed = sim.rng.random_range(0..n);
+            changes.push((sim.rng.random_range(0..4), Change::Join { seed }));
+        }
+        let at = sim.rng.random_range(0..n);
+        changes.push((sim.rng.random_range(0..4), Change::Leave { id: leaving, at }));
+        changes.sort_by_key(|&(round, _)| round);
+
+        let mut joiners = Vec::new();
+        let mut changes = changes.into_iter().peekable();
+        let quiet = |sim: &Sim| {
+            sim.converged()
+                && (0..sim.nodes.len())
+                    .filter(|&i| sim.live[i])
+                    .all(|i| sim.nodes[i].next_ring().is_none())
+        };
+        loop {
+            while let Some((_, change)) = changes.next_if(|&(round, _)| round <= sim.round) {
+                match change {
+                    Change::Join { seed } => joiners.push(join_via(&mut sim, seed)),
+                    Change::Leave { id, at } => {
+                        let mut out = Vec::new();
+                        sim.nodes[at]
+                            .set_status(id, MemberStatus::Leaving, &mut out)
+                            .expect("known");
+                        let mut queue = VecDeque::new();
+                        sim.absorb(at, out, &mut queue);
+                        assert!(queue.is_empty(), "a status change sends nothing by itself");
+                    }
+                }
+            }
+            if changes.peek().is_none() && quiet(&sim) {
+                break;
+            }
+            assert!(sim.round < 200, "not quiet after 200 rounds");
+            sim.step();
+        }
+
+        let expected: Vec<NodeId> = (1..=n as NodeId + 2).filter(|&id| id != leaving).collect();
+        let first = &sim.nodes[0];
+        let ring = first.ring().expect("a ring");
+        let ids: Vec<NodeId> = ring.members().iter().map(|member| member.id).collect();
+        assert_eq!(ids, expected);
+        assert!(ring.version() >= 2);
+        for node in &sim.nodes {
+            assert_eq!(node.fingerprint(), first.fingerprint(), "node {}", node.id());
+            assert_eq!(node.ring().as_deref(), Some(&*ring));
+            assert!(node.next_ring().is_none());
+            for &joiner in &joiners {
+                let id = sim.nodes[joiner].id();
+                assert_eq!(node.status_of(id), Some(MemberStatus::Up), "{id} at {}", node.id());
+            }
+            // Whether it has handed everything away is the driver's call.
+            assert_eq!(node.status_of(leaving), Some(MemberStatus::Leaving));
+        }
+        let pulls = sim.pulls.as_ref().expect("pulls simulated");
+        assert!(pulls.installs >= sim.nodes.len() as u64, "every node made the ring current");
+        if seed == 0 {
+            eprintln!(
+                "quiet after {} rounds; {} installs; {} proposals at node 1",
+                sim.round,
+                pulls.installs,
+                first.stats().rings_proposed
+            );
+        }
+    });
+}
+
 /// A random state over a few ids, with few versions, statuses and field
-/// values, so that ties of every kind are common.
+/// values (readiness included), so that ties of every kind are common, and
+/// a random pending ring.
 fn random_state(rng: &mut ChaCha8Rng, rings: &[RingState]) -> GossipState {
     let mut records = Vec::new();
     for id in 1..=6 {
@@ -415,10 +644,13 @@ fn random_state(rng: &mut ChaCha8Rng, rings: &[RingState]) -> GossipState {
             zone: ["", "z"][rng.random_range(0..2)].to_string(),
         };
         let status = MemberStatus::ALL[rng.random_range(0..4)];
-        records.push(MemberRecord::new(member, status, rng.random_range(0..3)));
+        let record = MemberRecord::new(member, status, rng.random_range(0..3));
+        records.push(MemberRecord { ready: rng.random_range(0..2), ..record });
     }
     let ring = rings[rng.random_range(0..rings.len())].clone();
-    GossipState::new(records, ring).expect("a valid random state")
+    let mut state = GossipState::new(records, ring).expect("a valid random state");
+    state.merge_next(&rings[rng.random_range(0..rings.len())]);
+    state
 }
 
 /// The empty ring and a few rings, some of equal versions.
@@ -431,6 +663,17 @@ fn ring_pool() -> Vec<RingState> {
         }
     }
     pool
+}
+
+/// Every record, the ring and the pending ring of `state` are at least as
+/// new as `other`'s.
+fn assert_dominates(state: &GossipState, other: &GossipState) {
+    for record in &other.members {
+        let ours = state.record(record.id()).expect("no record is lost");
+        assert!(ours.precedence(record).is_ge(), "record {}", record.id());
+    }
+    assert!(ring_precedence(&state.ring, &other.ring).is_ge());
+    assert!(ring_precedence(&state.next, &other.next).is_ge());
 }
 
 fn merged(a: &GossipState, b: &GossipState) -> GossipState {
@@ -502,7 +745,16 @@ fn one_exchange_leaves_both_nodes_with_the_merge() {
             to_b = sends(0, back).into_iter().map(|(_, _, m)| m).collect();
         }
         assert!(steps <= 2, "digest, reply, push at most");
-        assert_eq!(node_a.state(), &expected);
-        assert_eq!(node_b.state(), &expected);
+        // Both hold the same state, at least as new as everything either
+        // held. Not always exactly the merge: each node reconciles what it
+        // learns as it learns it (proposing rings, installing them), so the
+        // state can move past the merge, the same way at both.
+        assert_eq!(node_a.state(), node_b.state());
+        assert_dominates(node_a.state(), &expected);
+        // The records are exactly the merge's: reconciling changes a
+        // record only to mark its own node `Up` once a ring with it is
+        // installed, and here nobody reports ready for one (100 and 101
+        // are in no ring of the pool, so any proposal makes them gainers).
+        assert_eq!(node_a.state().members, expected.members);
     });
 }

@@ -129,6 +129,22 @@ const _: () = assert!(OFFSET_RESERVED_HIGH + 4 == HEADER_BYTES);
 /// | 193  | `REPLICA_READ_REPLY` | node → node | [`ReplicaReadReply`](crate::message::ReplicaReadReply) |
 /// | 194  | `REPLICA_WRITE_REPLY` | node → node | [`ReplicaWriteReply`](crate::message::ReplicaWriteReply) |
 /// | 196  | `HELLO_REPLY`   | node → node    | [`HelloReply`](crate::message::HelloReply)            |
+/// | 7    | `STATS`         | client → node  | [`StatsRequest`](crate::message::StatsRequest)   |
+/// | 71   | `STATS_REPLY`   | node → client  | [`StatsReply`](crate::message::StatsReply)       |
+/// | 8    | `ADMIN`         | client → node  | [`AdminRequest`](crate::message::AdminRequest)   |
+/// | 72   | `ADMIN_REPLY`   | node → client  | [`AdminReply`](crate::message::AdminReply)       |
+/// | 134  | `SCAN`          | node → node    | [`ScanRequest`](crate::message::ScanRequest)     |
+/// | 198  | `SCAN_REPLY`    | node → node    | [`ScanReply`](crate::message::ScanReply)         |
+/// | 135  | `OFFER`         | node → node    | [`OfferRequest`](crate::message::OfferRequest)   |
+/// | 199  | `OFFER_REPLY`   | node → node    | [`OfferReply`](crate::message::OfferReply)       |
+/// | 136  | `GOSSIP_DIGEST` | node → node    | [`GossipDigest`](crate::membership::GossipDigest) |
+/// | 200  | `GOSSIP_REPLY`  | node → node    | [`GossipReply`](crate::membership::GossipReply)   |
+/// | 137  | `GOSSIP_PUSH`   | node → node    | [`GossipPush`](crate::membership::GossipPush)     |
+/// | 201  | `GOSSIP_PUSH_REPLY` | node → node | [`GossipPushReply`](crate::message::GossipPushReply) |
+///
+/// The gossip bodies are `holdfast_net::membership`'s types, read only
+/// through their own checked `from_frame` (rkyv's validating access, then
+/// the type's `validate`).
 ///
 /// `ERROR` answers any request, client or node, in place of its reply; a
 /// `COORDINATE` is answered with the reply the wrapped client request gets.
@@ -189,6 +205,30 @@ impl Kind {
     pub const REPLICA_WRITE_REPLY: Kind = Kind(0xc2);
     /// Reply to [`HELLO`](Self::HELLO).
     pub const HELLO_REPLY: Kind = Kind(0xc4);
+    /// An operator's membership change (leave, remove), made at the
+    /// receiving node and spread by gossip.
+    pub const ADMIN: Kind = Kind(8);
+    /// Reply to [`ADMIN`](Self::ADMIN).
+    pub const ADMIN_REPLY: Kind = Kind(72);
+    /// Node to node: a page of a replica's keys of one partition, with their
+    /// sibling sets (ownership transfer pulls with it).
+    pub const SCAN: Kind = Kind(0x86);
+    /// Reply to [`SCAN`](Self::SCAN).
+    pub const SCAN_REPLY: Kind = Kind(0xc6);
+    /// Node to node: which of these keys (with these set tokens) the
+    /// receiver holds exactly (a sweep offers what it hands off).
+    pub const OFFER: Kind = Kind(0x87);
+    /// Reply to [`OFFER`](Self::OFFER).
+    pub const OFFER_REPLY: Kind = Kind(0xc7);
+    /// Node to node: the first step of a gossip exchange (a digest).
+    pub const GOSSIP_DIGEST: Kind = Kind(0x88);
+    /// Reply to [`GOSSIP_DIGEST`](Self::GOSSIP_DIGEST): the second step.
+    pub const GOSSIP_REPLY: Kind = Kind(0xc8);
+    /// Node to node: the third step of a gossip exchange (what the other
+    /// side asked for).
+    pub const GOSSIP_PUSH: Kind = Kind(0x89);
+    /// Reply to [`GOSSIP_PUSH`](Self::GOSSIP_PUSH): an empty acknowledgement.
+    pub const GOSSIP_PUSH_REPLY: Kind = Kind(0xc9);
 
     /// The bit set in every node-to-node kind.
     pub const NODE_BIT: u8 = 0x80;
@@ -254,6 +294,16 @@ impl Kind {
             Kind::REPLICA_READ_REPLY => Some("ReplicaReadReply"),
             Kind::REPLICA_WRITE_REPLY => Some("ReplicaWriteReply"),
             Kind::HELLO_REPLY => Some("HelloReply"),
+            Kind::ADMIN => Some("Admin"),
+            Kind::ADMIN_REPLY => Some("AdminReply"),
+            Kind::SCAN => Some("Scan"),
+            Kind::SCAN_REPLY => Some("ScanReply"),
+            Kind::OFFER => Some("Offer"),
+            Kind::OFFER_REPLY => Some("OfferReply"),
+            Kind::GOSSIP_DIGEST => Some("GossipDigest"),
+            Kind::GOSSIP_REPLY => Some("GossipReply"),
+            Kind::GOSSIP_PUSH => Some("GossipPush"),
+            Kind::GOSSIP_PUSH_REPLY => Some("GossipPushReply"),
             _ => None,
         }
     }
@@ -765,6 +815,17 @@ mod tests {
         assert_eq!(Kind::new(128 + 5).reply(), Some(Kind::new(192 + 5)));
         assert!(Kind::ERROR.is_reply() && !Kind::ERROR.is_node());
         assert!(Kind::new(200).is_node());
+        for (request, reply) in [
+            (Kind::STATS, Kind::STATS_REPLY),
+            (Kind::ADMIN, Kind::ADMIN_REPLY),
+            (Kind::SCAN, Kind::SCAN_REPLY),
+            (Kind::OFFER, Kind::OFFER_REPLY),
+            (Kind::GOSSIP_DIGEST, Kind::GOSSIP_REPLY),
+            (Kind::GOSSIP_PUSH, Kind::GOSSIP_PUSH_REPLY),
+        ] {
+            assert_eq!(request.reply(), Some(reply));
+            assert!(request.name().is_some() && reply.name().is_some());
+        }
         for byte in 0..=u8::MAX {
             let kind = Kind::new(byte);
             if let Some(reply) = kind.reply() {

@@ -12,7 +12,7 @@
 //! closes on `FrameTooLarge`), never more than a client built against this
 //! crate will send or accept.
 
-use crate::clock::CLOCK_BYTES_MAX;
+use crate::clock::{CLOCK_BYTES_MAX, CLOCK_ENTRIES_MAX};
 use crate::frame::HEADER_BYTES;
 use crate::siblings::{VALUE_BYTES_MAX_DEFAULT, VERSIONS_MAX};
 
@@ -73,7 +73,45 @@ pub const READ_REPLY_BYTES_MAX: usize = HEADER_BYTES
     + CONTEXT_BYTES_MAX
     + MESSAGE_OVERHEAD_BYTES_MAX;
 
+/// The longest encoded sibling set: [`VERSIONS_MAX`] versions, each a dot
+/// (20 bytes), a clock of [`CLOCK_ENTRIES_MAX`] entries (a count and 20
+/// bytes an entry) and a value at the limit (a tag and a length first),
+/// after the set's 5-byte header (see `siblings`' encoding).
+pub const SET_BYTES_MAX: usize =
+    5 + VERSIONS_MAX * (20 + 4 + CLOCK_ENTRIES_MAX * 20 + 1 + 4 + VALUE_BYTES_MAX);
+
+/// The most keys one `ScanReply` carries; a node answers a `ScanRequest`
+/// asking for more with at most this many.
+pub const SCAN_KEYS_MAX: usize = 1024;
+
+/// The most bytes of keys and sets one `ScanReply` carries beyond its first
+/// entry: a node ends the page before an entry that would pass it (and sets
+/// `more`). The first entry always goes, so a page makes progress whatever
+/// the size of one key's set.
+pub const SCAN_PAGE_BYTES_MAX: usize = 8 << 20;
+
+/// rkyv's bytes per entry of a `ScanReply` (two archived vectors) or of an
+/// `OfferRequest` (a vector and a `u64`, aligned).
+pub const SCAN_ENTRY_OVERHEAD_BYTES: usize = 16;
+
+/// The largest `ScanReply` frame: a page of [`SCAN_PAGE_BYTES_MAX`], or one
+/// entry with the longest key and set, whichever is larger.
+pub const SCAN_REPLY_BYTES_MAX: usize = HEADER_BYTES
+    + MESSAGE_OVERHEAD_BYTES_MAX
+    + SCAN_KEYS_MAX * SCAN_ENTRY_OVERHEAD_BYTES
+    + if SCAN_PAGE_BYTES_MAX > KEY_BYTES_MAX + SET_BYTES_MAX {
+        SCAN_PAGE_BYTES_MAX
+    } else {
+        KEY_BYTES_MAX + SET_BYTES_MAX
+    };
+
+/// The most keys one `OfferRequest` may carry (each within the key limit;
+/// the whole request is held to the node's request frame limit too).
+pub const OFFER_KEYS_MAX: usize = 1024;
+
 const _: () = assert!(REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT as usize);
+// A scan reply travels node to node as a reply, under the reply limit.
+const _: () = assert!(SCAN_REPLY_BYTES_MAX <= REPLY_FRAME_BYTES_MAX_DEFAULT as usize);
 const _: () = assert!(READ_REPLY_BYTES_MAX <= REPLY_FRAME_BYTES_MAX_DEFAULT as usize);
 const _: () = assert!(FRAME_BYTES_MAX_DEFAULT <= REPLY_FRAME_BYTES_MAX_DEFAULT);
 const _: () = assert!(REPLY_FRAME_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_CEILING);

@@ -1,11 +1,12 @@
 //! Membership as it travels in gossip: who is in the cluster, in what
-//! status, and the ring, with the merge rule that makes every node's copy
-//! converge.
+//! status, the ring and the pending ring, with the merge rule that makes
+//! every node's copy converge.
 //!
 //! # Records and the merge rule
 //!
 //! Every node is described by one [`MemberRecord`]: its [`Member`] (id,
-//! address, weight, zone), its [`MemberStatus`] and a `version`. The version
+//! address, weight, zone), its [`MemberStatus`], a `version` and `ready`
+//! (which ring change it has pulled its data for: see below). The version
 //! is bumped by whoever changes the record: the node itself when it starts
 //! or restarts, or an operator command issued on its behalf at any node.
 //! Two records of the same id are ordered by [`MemberRecord::precedence`]:
@@ -16,23 +17,42 @@
 //! 3. at equal versions, the later status wins (`Left > Leaving > Up >
 //!    Joining`), so an operator's "leave" issued concurrently with the
 //!    node's own restart is not lost;
-//! 4. then the record whose member fields hash higher ([`MemberRecord::check`],
-//!    xxh3 with the default seed) wins, and, should two different records
-//!    ever hash the same, the fields compared in order decide.
+//! 4. then the record whose member fields and `ready` hash higher
+//!    ([`MemberRecord::check`], xxh3 with the default seed) wins, and,
+//!    should two different records ever hash the same, the fields compared
+//!    in order (member fields, then `ready`) decide.
 //!
 //! That is a total order on the records of one id, and merging keeps the
 //! maximum, so merge is commutative, associative and idempotent: nodes may
 //! receive records in any order, any number of times, and still agree. The
-//! same holds for the ring ([`ring_precedence`]): the higher
+//! same holds for rings ([`ring_precedence`]): the higher
 //! [`RingState::version`] wins, then the higher [`ring_check`], then the
-//! fields. A [`GossipState`] merges record by record and ring by ring
-//! ([`GossipState::merge`]).
+//! fields. A [`GossipState`] merges record by record, and its two rings
+//! each by that rule ([`GossipState::merge`]).
 //!
 //! `Left` is a tombstone, kept forever so that a removed node does not come
 //! back through stale gossip, nor through a removed node that restarts
 //! (bumping its version) before it hears that it was removed: rule 1 makes
 //! `Left` absorbing. An id that has left never rejoins; a replacement node
 //! takes a new id. Tombstones count towards [`MEMBERS_MAX`].
+//!
+//! # The ring and the next ring
+//!
+//! A state holds two rings: `ring`, the one requests are routed by, and
+//! `next`, a pending ring that has been proposed but is not routed by yet
+//! (or the empty ring). `next` is pending only while its version is above
+//! `ring`'s; once it is installed (`ring` set to it) the two are equal and
+//! nothing is pending. The two merge independently, by the same rule, so
+//! this module knows nothing of when a ring is proposed or installed: the
+//! engine's `cluster::gossip` decides that, from the state alone.
+//!
+//! A node that gains partitions in the pending ring pulls them, then
+//! re-issues its record with `ready` set to [`ready_token`] of the current
+//! and the pending ring's keys: a hash naming the change it is ready for,
+//! not just a version. Two nodes that saw different records can propose
+//! different rings of the same version at once, and only one of them wins;
+//! a node that pulled for the loser must not be counted ready for the
+//! winner, and its token tells them apart (short of a 2^-64 collision).
 //!
 //! # Why versions, not timestamps
 //!
@@ -52,24 +72,26 @@
 //! `validate`, and never panics on bad input. The push-pull exchange that
 //! carries them is described in the engine's `cluster::gossip`:
 //!
-//! | message          | from      | body                                                   |
-//! |------------------|-----------|--------------------------------------------------------|
-//! | [`GossipDigest`] | initiator | its own record, `(id, stamp)` per record, its ring key |
-//! | [`GossipReply`]  | receiver  | the records and ring it holds newer, the ids it wants  |
-//! | [`GossipPush`]   | initiator | the records (and ring) the receiver wanted             |
+//! | message          | from      | body                                                          |
+//! |------------------|-----------|---------------------------------------------------------------|
+//! | [`GossipDigest`] | initiator | its own record, `(id, stamp)` per record, both ring keys      |
+//! | [`GossipReply`]  | receiver  | the records and rings it holds newer, what it wants           |
+//! | [`GossipPush`]   | initiator | the records (and rings) the receiver wanted                   |
 //!
-//! Frame kinds for them are not assigned yet; [`GossipDigest::to_frame`] and
-//! friends take the kind as an argument until they are.
+//! They travel as node-to-node frames (`net/PROTOCOL.md`): a digest is a
+//! `GOSSIP_DIGEST` request answered by `GOSSIP_REPLY`, a push is a
+//! `GOSSIP_PUSH` request answered by an empty `GOSSIP_PUSH_REPLY`;
+//! [`GossipDigest::to_frame`] and friends take the kind as an argument.
 //!
 //! ```
 //! use holdfast_net::membership::{GossipState, MemberRecord, MemberStatus};
-//! use holdfast_net::ring::Member;
+//! use holdfast_net::ring::{Member, Ring};
 //!
 //! let member = Member { id: 7, addr: "10.0.0.7:7070".into(), weight: 1, zone: String::new() };
 //! let mut here = GossipState::default();
 //! here.merge_record(&MemberRecord::new(member.clone(), MemberStatus::Up, 3));
 //! let mut there = GossipState::default();
-//! there.merge_record(&MemberRecord::new(member, MemberStatus::Left, 2));
+//! there.merge_record(&MemberRecord::new(member.clone(), MemberStatus::Left, 2));
 //!
 //! // Left is final, even at a lower version, in whichever order states meet.
 //! let mut merged = here.clone();
@@ -78,9 +100,17 @@
 //! assert_eq!(merged, there);
 //! assert_eq!(merged.record(7).and_then(|r| r.status()), Some(MemberStatus::Left));
 //!
+//! // A pending ring travels beside the current one and merges by the same rule.
+//! let ring = Ring::new(64, vec![member], 1)?;
+//! here.merge_ring(&ring.state());
+//! here.merge_next(&ring.rebalance(ring.members().to_vec())?.state());
+//! assert!(here.next_key() > here.ring_key());
+//! merged.merge(&here);
+//! assert_eq!((merged.ring_key(), merged.next_key()), (here.ring_key(), here.next_key()));
+//!
 //! let bytes = merged.encode();
 //! assert_eq!(GossipState::decode(&bytes)?, merged);
-//! # Ok::<(), holdfast_net::membership::MembershipError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::cmp::Ordering;
@@ -151,6 +181,11 @@ pub struct MemberRecord {
     pub status: u8,
     /// Bumped by whoever changes the record; see the module docs.
     pub version: u64,
+    /// The ring change this node has pulled every partition it gains in:
+    /// the [`ready_token`] of the current and the pending ring as it saw
+    /// them, or 0 for none. Only the node itself sets it; others compare it
+    /// with the token of the change they hold.
+    pub ready: u64,
 }
 
 /// What decides between two records of one id, short of comparing their
@@ -169,9 +204,9 @@ pub struct Stamp {
 }
 
 impl MemberRecord {
-    /// A record of `member` in `status` at `version`.
+    /// A record of `member` in `status` at `version`, ready for nothing.
     pub fn new(member: Member, status: MemberStatus, version: u64) -> MemberRecord {
-        MemberRecord { member, status: status.as_u8(), version }
+        MemberRecord { member, status: status.as_u8(), version, ready: 0 }
     }
 
     /// The node's id.
@@ -190,11 +225,13 @@ impl MemberRecord {
         self.status == MemberStatus::Left.as_u8()
     }
 
-    /// The xxh3 (default seed) of the member's fields in a fixed encoding:
-    /// the same in every process, so digests can compare records by it.
+    /// The xxh3 (default seed) of the member's fields, then `ready`, in a
+    /// fixed encoding: the same in every process, so digests can compare
+    /// records by it.
     pub fn check(&self) -> u64 {
         let mut hasher = Xxh3Default::new();
         hash_member(&mut hasher, &self.member);
+        hasher.update(&self.ready.to_le_bytes());
         hasher.digest()
     }
 
@@ -215,12 +252,13 @@ impl MemberRecord {
         (self.is_left(), self.version, self.status)
             .cmp(&(other.is_left(), other.version, other.status))
             .then_with(|| {
-                if self.member == other.member {
+                if self.member == other.member && self.ready == other.ready {
                     Ordering::Equal
                 } else {
                     self.check()
                         .cmp(&other.check())
                         .then_with(|| compare_members(&self.member, &other.member))
+                        .then_with(|| self.ready.cmp(&other.ready))
                 }
             })
     }
@@ -274,6 +312,24 @@ pub fn ring_key(ring: &RingState) -> RingKey {
     RingKey { version: ring.version, check: ring_check(ring) }
 }
 
+/// What a node sets [`MemberRecord::ready`] to once it has pulled every
+/// partition it gains going from the ring with key `ring` to the one with
+/// key `next`: the xxh3 (default seed) of both keys, never 0 (0 is "ready
+/// for nothing").
+///
+/// Both keys, not a version: rings proposed at once from different views
+/// share a version, and what a node gains differs between them, and
+/// between current rings too (a node pulls against its own current ring).
+/// A token names the exact change, so readiness for one change is never
+/// taken for readiness for another.
+pub fn ready_token(ring: RingKey, next: RingKey) -> u64 {
+    let mut hasher = Xxh3Default::new();
+    for word in [ring.version, ring.check, next.version, next.check] {
+        hasher.update(&word.to_le_bytes());
+    }
+    hasher.digest().max(1)
+}
+
 /// The merge rule's order between two rings: `Greater` if `a` wins. The
 /// higher version, then the higher [`ring_check`], then the fields in order
 /// (partition count, members, owners). Total: `Equal` only for equal rings.
@@ -299,12 +355,14 @@ pub fn ring_precedence(a: &RingState, b: &RingState) -> Ordering {
 }
 
 /// Everything one node knows about the cluster: a record per node (sorted
-/// by id, ids unique, at most [`MEMBERS_MAX`]) and the newest ring it has
-/// seen. The empty ring ([`RingState::default`], version 0) means no ring
-/// yet; any other ring has a version of at least 1 and passes
-/// [`Ring::from_state`].
+/// by id, ids unique, at most [`MEMBERS_MAX`]), the newest ring it has
+/// seen and the newest pending ring (see the module docs). The empty ring
+/// ([`RingState::default`], version 0) means no ring yet; any other ring
+/// has a version of at least 1 and passes [`Ring::from_state`]. Nothing
+/// relates the two rings here: `next` at or below `ring`'s version is
+/// simply not pending.
 ///
-/// A node persists this, and a part of it (some records, maybe the ring)
+/// A node persists this, and a part of it (some records, maybe a ring)
 /// travels as the delta of a [`GossipReply`] or [`GossipPush`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug))]
@@ -313,6 +371,9 @@ pub struct GossipState {
     pub members: Vec<MemberRecord>,
     /// The ring, or the empty ring.
     pub ring: RingState,
+    /// The pending ring, or the empty ring. Pending only while its version
+    /// is above `ring`'s.
+    pub next: RingState,
 }
 
 /// What a [`GossipState::merge`] changed.
@@ -324,38 +385,43 @@ pub struct Merged {
     pub ring: bool,
     /// Records of new ids left out because the state was at [`MEMBERS_MAX`].
     pub dropped: usize,
+    /// Whether the pending ring changed.
+    pub next: bool,
 }
 
 impl Merged {
     /// Whether anything changed.
     pub fn changed(&self) -> bool {
-        self.ring || !self.members.is_empty()
+        self.ring || self.next || !self.members.is_empty()
     }
 }
 
 impl GossipState {
-    /// A checked state: `members` (in any order) sorted by id, then
-    /// [`validate`](Self::validate)d.
+    /// A checked state with nothing pending: `members` (in any order)
+    /// sorted by id, then [`validate`](Self::validate)d. (A pending ring is
+    /// proposed by the engine's gossip, or added with
+    /// [`merge_next`](Self::merge_next).)
     pub fn new(
         mut members: Vec<MemberRecord>,
         ring: RingState,
     ) -> Result<GossipState, MembershipError> {
         members.sort_by_key(MemberRecord::id);
-        let state = GossipState { members, ring };
+        let state = GossipState { members, ring, next: RingState::default() };
         state.validate()?;
         Ok(state)
     }
 
     /// Checks every record ([`MemberRecord::validate`]), that ids are sorted
-    /// and unique and at most [`MEMBERS_MAX`], and the ring: the empty ring
-    /// at version 0, else a ring [`Ring::from_state`] accepts.
+    /// and unique and at most [`MEMBERS_MAX`], and both rings: each the
+    /// empty ring at version 0, else a ring [`Ring::from_state`] accepts.
     pub fn validate(&self) -> Result<(), MembershipError> {
         check_count("members", self.members.len())?;
         check_sorted("members", self.members.iter().map(MemberRecord::id))?;
         for record in &self.members {
             record.validate()?;
         }
-        check_ring(&self.ring)
+        check_ring(&self.ring)?;
+        check_ring(&self.next)
     }
 
     /// The record of `id`.
@@ -366,6 +432,11 @@ impl GossipState {
     /// The ring's [`RingKey`].
     pub fn ring_key(&self) -> RingKey {
         ring_key(&self.ring)
+    }
+
+    /// The pending ring's [`RingKey`] (whether or not it is pending).
+    pub fn next_key(&self) -> RingKey {
+        ring_key(&self.next)
     }
 
     /// Merges one record: keeps whichever of it and the record of its id
@@ -403,14 +474,29 @@ impl GossipState {
         }
     }
 
-    /// Merges `other` into `self`, record by record and the ring: the join
+    /// Merges a pending ring, by the same rule as
+    /// [`merge_ring`](Self::merge_ring). Returns whether `next` changed.
+    pub fn merge_next(&mut self, next: &RingState) -> bool {
+        if ring_precedence(next, &self.next).is_gt() {
+            self.next = next.clone();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Merges `other` into `self`, record by record and ring by ring: the join
     /// of the two states, commutative, associative and idempotent (as long
     /// as the union of ids stays within [`MEMBERS_MAX`]; beyond it, new ids
     /// that do not fit are left out and counted in [`Merged::dropped`]).
     /// `other` is assumed valid; [`decode`](Self::decode) makes sure of it.
     /// Linear in the size of both.
     pub fn merge(&mut self, other: &GossipState) -> Merged {
-        let mut merged = Merged { ring: self.merge_ring(&other.ring), ..Merged::default() };
+        let mut merged = Merged {
+            ring: self.merge_ring(&other.ring),
+            next: self.merge_next(&other.next),
+            ..Merged::default()
+        };
         if other.members.is_empty() {
             return merged;
         }
@@ -457,16 +543,19 @@ impl GossipState {
     /// answer).
     pub fn digest(&self, from: MemberRecord) -> GossipDigest {
         let RingKey { version: ring_version, check: ring_check } = self.ring_key();
+        let RingKey { version: next_version, check: next_check } = self.next_key();
         GossipDigest {
             from,
             members: self.members.iter().map(DigestEntry::of).collect(),
             ring_version,
             ring_check,
+            next_version,
+            next_check,
         }
     }
 
     /// A stable 64-bit hash of the whole state (xxh3 with the default
-    /// seed over every record's id and stamp and the ring's key): equal
+    /// seed over every record's id and stamp and both rings' keys): equal
     /// states have equal fingerprints in every process, so a test or an
     /// operator can check that nodes agree.
     pub fn fingerprint(&self) -> u64 {
@@ -478,9 +567,10 @@ impl GossipState {
             hasher.update(&[record.status]);
             hasher.update(&record.check().to_le_bytes());
         }
-        let RingKey { version, check } = self.ring_key();
-        hasher.update(&version.to_le_bytes());
-        hasher.update(&check.to_le_bytes());
+        for RingKey { version, check } in [self.ring_key(), self.next_key()] {
+            hasher.update(&version.to_le_bytes());
+            hasher.update(&check.to_le_bytes());
+        }
         hasher.digest()
     }
 
@@ -523,7 +613,7 @@ impl DigestEntry {
 }
 
 /// The first step of a push-pull exchange: what the initiator holds, as
-/// stamps (about 32 bytes a record), not records.
+/// stamps (about 32 bytes a record) and ring keys, not records and rings.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug))]
 pub struct GossipDigest {
@@ -535,12 +625,21 @@ pub struct GossipDigest {
     pub ring_version: u64,
     /// The initiator's [`RingKey::check`].
     pub ring_check: u64,
+    /// The [`RingKey::version`] of the initiator's pending ring.
+    pub next_version: u64,
+    /// The [`RingKey::check`] of the initiator's pending ring.
+    pub next_check: u64,
 }
 
 impl GossipDigest {
     /// The initiator's ring key.
     pub fn ring_key(&self) -> RingKey {
         RingKey { version: self.ring_version, check: self.ring_check }
+    }
+
+    /// The initiator's pending ring's key.
+    pub fn next_key(&self) -> RingKey {
+        RingKey { version: self.next_version, check: self.next_check }
     }
 
     /// Checks the sender's record, and that entries are sorted by id,
@@ -565,13 +664,16 @@ pub struct GossipReply {
     /// The receiver's id.
     pub from: u64,
     /// The receiver's records that win over the digest's (or that the
-    /// digest lacks), and its ring if that wins (else the empty ring).
+    /// digest lacks), and each of its rings that wins over the digest's
+    /// (else the empty ring in its place).
     pub delta: GossipState,
     /// The ids whose record in the digest wins over the receiver's (or that
     /// it lacks), sorted, unique: the initiator pushes these.
     pub wants: Vec<u64>,
     /// Whether the digest's ring wins over the receiver's.
     pub wants_ring: bool,
+    /// Whether the digest's pending ring wins over the receiver's.
+    pub wants_next: bool,
 }
 
 impl GossipReply {
@@ -584,14 +686,14 @@ impl GossipReply {
     }
 }
 
-/// The third step: the records (and ring) a [`GossipReply`] asked for.
+/// The third step: the records (and rings) a [`GossipReply`] asked for.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug))]
 pub struct GossipPush {
     /// The initiator's id.
     pub from: u64,
-    /// The records asked for, and the ring if asked for (else the empty
-    /// ring).
+    /// The records asked for, and each ring if asked for (else the empty
+    /// ring in its place).
     pub delta: GossipState,
 }
 
@@ -818,8 +920,9 @@ mod tests {
             .state()
     }
 
+    /// Three records, a ring and a pending ring.
     fn state() -> GossipState {
-        GossipState::new(
+        let mut state = GossipState::new(
             vec![
                 record(3, MemberStatus::Up, 2),
                 record(1, MemberStatus::Joining, 1),
@@ -827,7 +930,9 @@ mod tests {
             ],
             ring(&[1, 3], 4),
         )
-        .expect("a valid state")
+        .expect("a valid state");
+        assert!(state.merge_next(&ring(&[1, 3, 5], 5)));
+        state
     }
 
     #[test]
@@ -836,8 +941,13 @@ mod tests {
         assert_eq!(GossipState::decode(&state.encode()), Ok(state.clone()));
         let digest = state.digest(record(1, MemberStatus::Joining, 1));
         assert_eq!(GossipDigest::decode(&digest.encode()), Ok(digest.clone()));
-        let reply =
-            GossipReply { from: 3, delta: state.clone(), wants: vec![1, 2], wants_ring: true };
+        let reply = GossipReply {
+            from: 3,
+            delta: state.clone(),
+            wants: vec![1, 2],
+            wants_ring: true,
+            wants_next: false,
+        };
         assert_eq!(GossipReply::decode(&reply.encode()), Ok(reply.clone()));
         let push = GossipPush { from: 1, delta: state.clone() };
         assert_eq!(GossipPush::decode(&push.encode()), Ok(push.clone()));
@@ -899,21 +1009,21 @@ mod tests {
             (
                 GossipState {
                     members: vec![record(2, MemberStatus::Up, 1), record(1, MemberStatus::Up, 1)],
-                    ring: RingState::default(),
+                    ..GossipState::default()
                 },
                 MembershipError::Unsorted { what: "members", previous: 2, id: 1 },
             ),
             (
                 GossipState {
                     members: vec![record(2, MemberStatus::Up, 1), record(2, MemberStatus::Up, 2)],
-                    ring: RingState::default(),
+                    ..GossipState::default()
                 },
                 MembershipError::Duplicate { what: "members", id: 2 },
             ),
             (
                 GossipState {
                     members: vec![MemberRecord { status: 4, ..record(1, MemberStatus::Up, 1) }],
-                    ring: RingState::default(),
+                    ..GossipState::default()
                 },
                 MembershipError::UnknownStatus { id: 1, status: 4 },
             ),
@@ -923,7 +1033,7 @@ mod tests {
                         member: Member { weight: 0, ..member(1) },
                         ..record(1, MemberStatus::Up, 1)
                     }],
-                    ring: RingState::default(),
+                    ..GossipState::default()
                 },
                 MembershipError::Ring(RingError::ZeroWeight { id: 1 }),
             ),
@@ -933,7 +1043,7 @@ mod tests {
                         member: Member { zone: "z".repeat(ZONE_BYTES_MAX + 1), ..member(1) },
                         ..record(1, MemberStatus::Up, 1)
                     }],
-                    ring: RingState::default(),
+                    ..GossipState::default()
                 },
                 MembershipError::Ring(RingError::FieldTooLong {
                     id: 1,
@@ -943,15 +1053,33 @@ mod tests {
                 }),
             ),
             (
-                GossipState { members: vec![], ring: RingState { version: 0, ..ring(&[1], 1) } },
+                GossipState {
+                    ring: RingState { version: 0, ..ring(&[1], 1) },
+                    ..GossipState::default()
+                },
                 MembershipError::RingVersionZero,
             ),
             (
                 GossipState {
-                    members: vec![],
                     ring: RingState { owners: vec![0; 63], ..ring(&[1], 1) },
+                    ..GossipState::default()
                 },
                 MembershipError::Ring(RingError::OwnersLength { owners: 63, partitions: 64 }),
+            ),
+            (
+                GossipState {
+                    next: RingState { version: 0, ..ring(&[1], 1) },
+                    ..GossipState::default()
+                },
+                MembershipError::RingVersionZero,
+            ),
+            (
+                GossipState { next: RingState { owners: vec![3; 64], ..ring(&[1], 2) }, ..state() },
+                MembershipError::Ring(RingError::OwnerOutOfRange {
+                    partition: 0,
+                    index: 3,
+                    members: 1,
+                }),
             ),
         ];
         for (state, error) in cases {
@@ -1012,7 +1140,7 @@ mod tests {
         )
         .expect("valid");
         let merged = a.merge(&b);
-        assert_eq!(merged, Merged { members: vec![1, 4], ring: true, dropped: 0 });
+        assert_eq!(merged, Merged { members: vec![1, 4], ring: true, dropped: 0, next: false });
         assert_eq!(a.record(1), Some(&record(1, MemberStatus::Up, 2)));
         assert_eq!(a.record(3), Some(&record(3, MemberStatus::Up, 2)));
         assert_eq!(a.ring.version, 5);
@@ -1031,14 +1159,66 @@ mod tests {
     }
 
     #[test]
+    fn ready_is_part_of_a_record() {
+        let plain = record(1, MemberStatus::Up, 2);
+        let ready = MemberRecord { ready: 5, ..plain.clone() };
+        assert_eq!(plain.ready, 0, "a new record is ready for nothing");
+        assert_ne!(ready.check(), plain.check(), "digests tell them apart");
+        // At equal stamps but for the check, the order is total and
+        // antisymmetric; equal only when ready is equal too.
+        assert!(ready.precedence(&plain).is_ne());
+        assert_eq!(ready.precedence(&plain), plain.precedence(&ready).reverse());
+        assert_eq!(ready.precedence(&ready.clone()), Ordering::Equal);
+        // The version still comes first.
+        assert!(record(1, MemberStatus::Up, 3).precedence(&ready).is_gt());
+        let mut state = GossipState::new(vec![plain.clone()], RingState::default()).expect("valid");
+        let winner = if ready.precedence(&plain).is_gt() { &ready } else { &plain };
+        state.merge_record(&ready);
+        assert_eq!(state.record(1), Some(winner));
+        assert_eq!(MemberRecord::decode(&ready.encode()), Ok(ready));
+    }
+
+    #[test]
+    fn the_pending_ring_merges_by_the_ring_rule() {
+        let mut a = GossipState::new(vec![], ring(&[1, 3], 4)).expect("valid");
+        assert_eq!(a.next, RingState::default(), "nothing pending in a new state");
+        let b = state();
+        let merged = a.merge(&b);
+        assert_eq!(merged, Merged { members: vec![1, 3, 9], ring: false, dropped: 0, next: true });
+        assert_eq!(a.next_key(), b.next_key());
+        // A ring of the same version: the rule decides, the same either way.
+        let rival = ring(&[1, 3, 7], 5);
+        let mut c = a.clone();
+        let rival_wins = c.merge_next(&rival);
+        assert_eq!(rival_wins, ring_precedence(&rival, &b.next).is_gt());
+        let mut d = GossipState { next: rival.clone(), ..GossipState::default() };
+        d.merge_next(&b.next);
+        assert_eq!(d.next, c.next);
+        // A newer pending ring wins; an older one does not.
+        assert!(a.merge_next(&ring(&[1], 6)));
+        assert!(!a.merge_next(&ring(&[1, 3, 5], 5)));
+        assert_eq!(a.next.version, 6);
+        // The digest carries both keys.
+        let digest = a.digest(record(1, MemberStatus::Up, 1));
+        assert_eq!((digest.ring_key(), digest.next_key()), (a.ring_key(), a.next_key()));
+        // Ready tokens name the change: both keys matter, and none is 0.
+        let (r4, r5) = (ring_key(&ring(&[1, 3], 4)), ring_key(&ring(&[1, 3, 5], 5)));
+        let other = ring_key(&ring(&[1, 3, 7], 5));
+        assert_ne!(ready_token(r4, r5), ready_token(r4, other));
+        assert_ne!(ready_token(r4, r5), ready_token(other, r5));
+        assert_ne!(ready_token(r4, r5), 0);
+        assert_eq!(ready_token(r4, r5), ready_token(r4, r5));
+    }
+
+    #[test]
     fn fingerprints_and_checks_are_pinned() {
         // Pinned: nodes compare these across processes and builds, so a
         // change to the hashed encoding must be deliberate (and makes mixed
         // clusters exchange records they already agree on until upgraded).
-        assert_eq!(GossipState::default().fingerprint(), 18124033845958004939);
-        assert_eq!(record(1, MemberStatus::Up, 1).check(), 9307120460180904981);
+        assert_eq!(GossipState::default().fingerprint(), 13187080914691385202);
+        assert_eq!(record(1, MemberStatus::Up, 1).check(), 15937066596610807097);
         assert_eq!(ring_check(&ring(&[1, 3], 4)), 14214613038445125198);
-        assert_eq!(state().fingerprint(), 8967544492816717231);
+        assert_eq!(state().fingerprint(), 16129408737463714284);
 
         let mut other = state();
         other.merge_record(&record(3, MemberStatus::Leaving, 2));
@@ -1046,5 +1226,13 @@ mod tests {
         let mut other = state();
         other.merge_ring(&ring(&[1, 3], 5));
         assert_ne!(other.fingerprint(), state().fingerprint());
+        let mut other = state();
+        other.merge_next(&ring(&[1, 3], 6));
+        assert_ne!(other.fingerprint(), state().fingerprint());
+        let mut other = state();
+        other.merge_record(&MemberRecord { ready: 1, ..record(3, MemberStatus::Up, 3) });
+        let mut unready = state();
+        unready.merge_record(&record(3, MemberStatus::Up, 3));
+        assert_ne!(other.fingerprint(), unready.fingerprint());
     }
 }

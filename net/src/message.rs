@@ -33,7 +33,11 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 
 use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{BODY_ALIGNMENT, Frame, HEADER_BYTES, Kind, PROTOCOL_VERSION, finish_frame};
-use crate::limits::{ERROR_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::limits::{
+    ERROR_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, OFFER_KEYS_MAX, SCAN_KEYS_MAX, SCAN_PAGE_BYTES_MAX,
+    VALUE_BYTES_MAX,
+};
+use crate::membership::{GossipDigest, GossipPush, MembershipError};
 use crate::ring::{Member, RingState};
 
 /// Read a key. Answered by [`GetReply`].
@@ -194,7 +198,185 @@ pub struct StatsReply {
     pub hinted_writes: u64,
     /// The peers it believes down, ascending.
     pub down: Vec<u64>,
+    /// Its own [`MemberStatus`](crate::membership::MemberStatus) as its
+    /// gossip holds it (a wire value); [`STATUS_UNKNOWN`] while it runs no
+    /// gossip yet (it is still forming its first ring).
+    pub status: u8,
+    /// The version of the ring it routes by; 0 for none yet.
+    pub ring_version: u64,
+    /// The version of the pending ring (a membership change under way); 0
+    /// for none.
+    pub next_version: u64,
+    /// Partitions it gains in the pending ring and has not pulled yet.
+    pub transfers_waiting: u64,
+    /// Partitions it pulled (since it started).
+    pub partitions_pulled: u64,
+    /// Keys and bytes (encoded sets) it pulled from other nodes.
+    pub keys_pulled: u64,
+    /// See `keys_pulled`.
+    pub bytes_pulled: u64,
+    /// Keys of partitions it no longer replicates that it sent to their
+    /// owners, and their bytes.
+    pub keys_handed_off: u64,
+    /// See `keys_handed_off`.
+    pub bytes_handed_off: u64,
+    /// Keys it removed once every owner held them.
+    pub keys_removed: u64,
+    /// Partitions its last sweep found held here for others and could not
+    /// hand off yet (an owner down or refusing).
+    pub partitions_waiting: u64,
+    /// Partitions it holds data of (its own replicas and anything not yet
+    /// handed off).
+    pub data_partitions: u64,
+    /// Every member its gossip knows, tombstones included, ascending by id.
+    pub members: Vec<MemberSummary>,
 }
+
+/// [`StatsReply::status`] of a node that runs no gossip yet.
+pub const STATUS_UNKNOWN: u8 = u8::MAX;
+
+/// One member as a node's gossip knows it (for `holdfast status`).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MemberSummary {
+    /// The member's id.
+    pub id: u64,
+    /// Where it is reached.
+    pub addr: String,
+    /// Its [`MemberStatus`](crate::membership::MemberStatus) wire value.
+    pub status: u8,
+    /// Its record's version.
+    pub version: u64,
+}
+
+/// What an [`AdminRequest`] asks for: [`AdminRequest::op`]'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum AdminOp {
+    /// The node leaves: it is marked `Leaving`, a ring without it is
+    /// proposed, its partitions move to their new owners, and once it holds
+    /// nothing it marks itself `Left`.
+    Leave = 1,
+    /// The node (dead, or never coming back) is marked `Left` at once: its
+    /// partitions are re-replicated from the surviving replicas.
+    Remove = 2,
+}
+
+impl AdminOp {
+    /// The wire value.
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// The op with this wire value, if any.
+    pub const fn from_u8(byte: u8) -> Option<AdminOp> {
+        match byte {
+            1 => Some(AdminOp::Leave),
+            2 => Some(AdminOp::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// An operator's membership change, made at the receiving node on the
+/// target's behalf and spread by gossip. Answered by [`AdminReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AdminRequest {
+    /// An [`AdminOp`] wire value.
+    pub op: u8,
+    /// The node to change; 0 for the receiving node itself.
+    pub node: u64,
+}
+
+/// What an [`AdminRequest`] did.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AdminReply {
+    /// The node changed.
+    pub node: u64,
+    /// Its [`MemberStatus`](crate::membership::MemberStatus) wire value now.
+    pub status: u8,
+    /// What happens next, for the operator.
+    pub message: String,
+}
+
+/// Node to node: a page of the receiver's keys of `partition` (sorted by
+/// key), with their sibling sets: what a node pulls a partition it gains
+/// with. Answered by [`ScanReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ScanRequest {
+    /// The partition.
+    pub partition: u32,
+    /// Whether the page starts after `after` (else from the first key).
+    pub resume: bool,
+    /// The last key of the previous page (empty unless `resume`).
+    pub after: Vec<u8>,
+    /// The most keys wanted (the receiver caps it at
+    /// [`SCAN_KEYS_MAX`](crate::limits::SCAN_KEYS_MAX)).
+    pub keys: u32,
+    /// The page may end once its sets reach this many bytes.
+    pub bytes: u32,
+}
+
+/// One key of a [`ScanReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ScanEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its canonical sibling set (never empty).
+    pub set: Vec<u8>,
+}
+
+/// A page of a partition's keys.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ScanReply {
+    /// The keys, ascending, each after the request's `after`.
+    pub entries: Vec<ScanEntry>,
+    /// Whether keys follow the last one (ask again after it).
+    pub more: bool,
+}
+
+/// One key of an [`OfferRequest`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OfferEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The offered set's token (an xxh3 of its canonical bytes).
+    pub token: u64,
+}
+
+/// Node to node: which of these keys of `partition` the receiver holds with
+/// exactly the set of the token. A node that no longer replicates a
+/// partition offers its keys to the owners before it hands them off and
+/// removes them. The receiver refuses (`NotReplica`) unless it replicates
+/// the partition in its current or pending ring. Answered by
+/// [`OfferReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OfferRequest {
+    /// The partition.
+    pub partition: u32,
+    /// The keys, at most [`OFFER_KEYS_MAX`](crate::limits::OFFER_KEYS_MAX).
+    pub keys: Vec<OfferEntry>,
+}
+
+/// Per key offered, in order: whether the receiver holds exactly that set.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OfferReply {
+    /// One per offered key.
+    pub have: Vec<bool>,
+}
+
+/// The acknowledgement of a gossip push (empty).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GossipPushReply {}
 
 /// Node to node: read the replica's sibling set of a key. Answered by
 /// [`ReplicaReadReply`].
@@ -384,6 +566,10 @@ pub enum ErrorCode {
     DiskFull,
     /// The node is shutting down and takes no new requests.
     ShuttingDown,
+    /// The node does not replicate the partition (by its current and
+    /// pending rings), so it will not take it over: the nodes' rings
+    /// differ, and agree again once gossip has spread the newest.
+    NotReplica,
     /// A bug or an I/O failure in the node.
     Internal,
     /// A code this build does not know.
@@ -407,6 +593,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => 102,
             ErrorCode::DiskFull => 103,
             ErrorCode::ShuttingDown => 104,
+            ErrorCode::NotReplica => 105,
             ErrorCode::Internal => 200,
             ErrorCode::Unrecognized(code) => code,
         }
@@ -428,6 +615,7 @@ impl ErrorCode {
             102 => ErrorCode::Overloaded,
             103 => ErrorCode::DiskFull,
             104 => ErrorCode::ShuttingDown,
+            105 => ErrorCode::NotReplica,
             200 => ErrorCode::Internal,
             code => ErrorCode::Unrecognized(code),
         }
@@ -515,6 +703,13 @@ message! {
     Coordinate => Kind::COORDINATE,
     Hello => Kind::HELLO,
     HelloReply => Kind::HELLO_REPLY,
+    AdminRequest => Kind::ADMIN,
+    AdminReply => Kind::ADMIN_REPLY,
+    ScanRequest => Kind::SCAN,
+    ScanReply => Kind::SCAN_REPLY,
+    OfferRequest => Kind::OFFER,
+    OfferReply => Kind::OFFER_REPLY,
+    GossipPushReply => Kind::GOSSIP_PUSH_REPLY,
 }
 
 /// The only function in holdfast that reads archived bytes: rkyv's checked
@@ -769,6 +964,36 @@ pub enum Request<'a> {
     },
     /// [`Hello`] (node to node).
     Hello(Hello),
+    /// [`AdminRequest`].
+    Admin {
+        /// What to do.
+        op: AdminOp,
+        /// The node to change; 0 for the receiving node.
+        node: u64,
+    },
+    /// [`ScanRequest`] (node to node).
+    Scan {
+        /// The partition.
+        partition: u32,
+        /// The key the page starts after, if any (within the key limit).
+        after: Option<&'a [u8]>,
+        /// Keys wanted, capped at [`SCAN_KEYS_MAX`] (at least 1).
+        keys: usize,
+        /// The page may end once its sets reach this many bytes, capped at
+        /// [`SCAN_PAGE_BYTES_MAX`].
+        bytes: usize,
+    },
+    /// [`OfferRequest`] (node to node), copied out.
+    Offer {
+        /// The partition.
+        partition: u32,
+        /// The keys (each within the key limit) and their set tokens.
+        keys: Vec<(Vec<u8>, u64)>,
+    },
+    /// A [`GossipDigest`] (node to node), validated.
+    GossipDigest(GossipDigest),
+    /// A [`GossipPush`] (node to node), validated.
+    GossipPush(GossipPush),
 }
 
 /// Why a node refuses a client's frame. Every variant is answered with an
@@ -799,6 +1024,12 @@ pub enum RequestError {
     /// The context does not decode.
     #[error("bad context: {0}")]
     BadContext(#[from] ClockDecodeError),
+    /// A gossip body failed its checks.
+    #[error("bad gossip message: {0}")]
+    Membership(#[from] MembershipError),
+    /// A field is out of its range (an unknown admin op, too many keys).
+    #[error("{0}")]
+    BadField(String),
 }
 
 impl RequestError {
@@ -809,6 +1040,8 @@ impl RequestError {
             RequestError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
             RequestError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             RequestError::BadContext(_) => ErrorCode::BadContext,
+            RequestError::Membership(MembershipError::Frame(error)) => error.code(),
+            RequestError::Membership(_) | RequestError::BadField(_) => ErrorCode::BadRequest,
         }
     }
 
@@ -894,6 +1127,49 @@ impl<'a> Request<'a> {
                 Request::Coordinate { frame: coordinate.frame.as_slice() }
             }
             Kind::HELLO => Request::Hello(frame.decode::<Hello>()?),
+            Kind::ADMIN => {
+                let admin = frame.access::<AdminRequest>()?;
+                let Some(op) = AdminOp::from_u8(admin.op) else {
+                    return Err(RequestError::BadField(format!("unknown admin op {}", admin.op)));
+                };
+                Request::Admin { op, node: admin.node.to_native() }
+            }
+            Kind::SCAN => {
+                let scan = frame.access::<ScanRequest>()?;
+                let after = if scan.resume {
+                    Some(check_key(&scan.after, limits)?)
+                } else if scan.after.is_empty() {
+                    None
+                } else {
+                    return Err(RequestError::BadField("a scan's cursor without resume".into()));
+                };
+                Request::Scan {
+                    partition: scan.partition.to_native(),
+                    after,
+                    keys: (scan.keys.to_native() as usize).clamp(1, SCAN_KEYS_MAX),
+                    bytes: (scan.bytes.to_native() as usize).min(SCAN_PAGE_BYTES_MAX),
+                }
+            }
+            Kind::OFFER => {
+                let offer = frame.access::<OfferRequest>()?;
+                if offer.keys.len() > OFFER_KEYS_MAX {
+                    let count = offer.keys.len();
+                    let message =
+                        format!("{count} keys offered, over the limit of {OFFER_KEYS_MAX}");
+                    return Err(RequestError::BadField(message));
+                }
+                let mut keys = Vec::with_capacity(offer.keys.len());
+                for entry in offer.keys.iter() {
+                    keys.push((check_key(&entry.key, limits)?.to_vec(), entry.token.to_native()));
+                }
+                Request::Offer { partition: offer.partition.to_native(), keys }
+            }
+            Kind::GOSSIP_DIGEST => {
+                Request::GossipDigest(GossipDigest::from_frame(frame, Kind::GOSSIP_DIGEST)?)
+            }
+            Kind::GOSSIP_PUSH => {
+                Request::GossipPush(GossipPush::from_frame(frame, Kind::GOSSIP_PUSH)?)
+            }
             kind => return Err(MessageError::UnknownKind { kind }.into()),
         };
         Ok(request)
@@ -914,6 +1190,11 @@ impl<'a> Request<'a> {
             Request::ReplicaWrite { hint: Some(_), .. } => Kind::HINTED_WRITE,
             Request::Coordinate { .. } => Kind::COORDINATE,
             Request::Hello(_) => Kind::HELLO,
+            Request::Admin { .. } => Kind::ADMIN,
+            Request::Scan { .. } => Kind::SCAN,
+            Request::Offer { .. } => Kind::OFFER,
+            Request::GossipDigest(_) => Kind::GOSSIP_DIGEST,
+            Request::GossipPush(_) => Kind::GOSSIP_PUSH,
         }
     }
 }
@@ -947,6 +1228,8 @@ pub enum Reply {
     Inspect(InspectReply),
     /// [`StatsReply`].
     Stats(StatsReply),
+    /// [`AdminReply`].
+    Admin(AdminReply),
     /// [`ErrorReply`].
     Error(ErrorReply),
 }
@@ -965,6 +1248,7 @@ impl Reply {
             Kind::RING_REPLY => Reply::Ring(frame.decode()?),
             Kind::INSPECT_REPLY => Reply::Inspect(frame.decode()?),
             Kind::STATS_REPLY => Reply::Stats(frame.decode()?),
+            Kind::ADMIN_REPLY => Reply::Admin(frame.decode()?),
             Kind::ERROR => Reply::Error(frame.decode()?),
             kind => return Err(MessageError::UnknownKind { kind }),
         })
@@ -980,6 +1264,7 @@ impl Reply {
             Reply::Ring(_) => Kind::RING_REPLY,
             Reply::Inspect(_) => Kind::INSPECT_REPLY,
             Reply::Stats(_) => Kind::STATS_REPLY,
+            Reply::Admin(_) => Kind::ADMIN_REPLY,
             Reply::Error(_) => Kind::ERROR,
         }
     }
@@ -1050,6 +1335,57 @@ mod tests {
         let archived = get.access::<GetRequest>().expect("valid");
         assert_eq!(archived.key.as_slice(), b"k");
         assert_eq!(archived.r, 2);
+    }
+
+    #[test]
+    fn transfer_and_admin_requests_parse_with_their_limits() {
+        let limits = RequestLimits::default();
+        let scan = ScanRequest {
+            partition: 7,
+            resume: true,
+            after: b"k".to_vec(),
+            keys: 0,
+            bytes: u32::MAX,
+        };
+        let scan = frame(&encode_message(1, &scan));
+        assert_eq!(
+            Request::parse(&scan, &limits),
+            Ok(Request::Scan {
+                partition: 7,
+                after: Some(&b"k"[..]),
+                keys: 1,
+                bytes: SCAN_PAGE_BYTES_MAX
+            })
+        );
+        let cursorless = ScanRequest { after: b"k".to_vec(), ..ScanRequest::default() };
+        let cursorless = frame(&encode_message(1, &cursorless));
+        assert!(matches!(Request::parse(&cursorless, &limits), Err(RequestError::BadField(_))));
+        let offer =
+            OfferRequest { partition: 3, keys: vec![OfferEntry { key: b"a".to_vec(), token: 9 }] };
+        let offer = frame(&encode_message(1, &offer));
+        assert_eq!(
+            Request::parse(&offer, &limits),
+            Ok(Request::Offer { partition: 3, keys: vec![(b"a".to_vec(), 9)] })
+        );
+        let too_many =
+            OfferRequest { partition: 3, keys: vec![OfferEntry::default(); OFFER_KEYS_MAX + 1] };
+        let too_many = frame(&encode_message(1, &too_many));
+        assert_eq!(
+            Request::parse(&too_many, &limits).map_err(|error| error.code()),
+            Err(ErrorCode::BadRequest)
+        );
+        let leave =
+            frame(&encode_message(1, &AdminRequest { op: AdminOp::Leave.as_u8(), node: 0 }));
+        assert_eq!(
+            Request::parse(&leave, &limits),
+            Ok(Request::Admin { op: AdminOp::Leave, node: 0 })
+        );
+        let unknown = frame(&encode_message(1, &AdminRequest { op: 9, node: 0 }));
+        assert!(matches!(Request::parse(&unknown, &limits), Err(RequestError::BadField(_))));
+        let reply = AdminReply { node: 5, status: 2, message: "leaving".into() };
+        assert_eq!(Reply::decode(&frame(&encode_message(1, &reply))), Ok(Reply::Admin(reply)));
+        assert_eq!(ErrorCode::from_u16(105), ErrorCode::NotReplica);
+        assert!(ErrorCode::NotReplica.is_transient());
     }
 
     #[test]

@@ -467,6 +467,26 @@ impl Ring {
         (0..self.partitions).filter(|&p| self.owners[p as usize] as usize == index).collect()
     }
 
+    /// The partitions `node` gains going from this ring to `next`, with `n`
+    /// replicas per key: ascending, those whose preference list of `n` in
+    /// `next` holds `node` and in this ring does not. These are what a node
+    /// must pull before `next` may route to it (a partition it already
+    /// replicates, it already holds). Between rings of different partition
+    /// counts no partition corresponds, so every partition of `next` whose
+    /// list holds `node` counts.
+    pub fn gained_by(&self, next: &Ring, node: NodeId, n: usize) -> Vec<u32> {
+        if !next.contains(node) {
+            return Vec::new();
+        }
+        let comparable = self.partitions == next.partitions;
+        (0..next.partitions)
+            .filter(|&partition| {
+                next.preference_list(partition, n).contains(&node)
+                    && !(comparable && self.preference_list(partition, n).contains(&node))
+            })
+            .collect()
+    }
+
     fn index_of(&self, id: NodeId) -> Option<usize> {
         self.members.binary_search_by_key(&id, |member| member.id).ok()
     }
@@ -820,6 +840,37 @@ mod tests {
         // 4 * (1, 1000, 1000, 1) / 2002: the light members still get one.
         assert_eq!(quotas(4, &weighted(&[1, 1000, 1000, 1])), [1, 1, 1, 1]);
         assert_eq!(quotas(8, &weighted(&[1, 1000, 1])), [1, 6, 1]);
+    }
+
+    #[test]
+    fn gained_by_lists_the_partitions_a_node_newly_replicates() {
+        let members = weighted(&[1, 1, 1, 1]);
+        let ring = Ring::new(64, members[..3].to_vec(), 1).expect("valid");
+        let bigger = ring.rebalance(members.clone()).expect("valid");
+        // The newcomer gains every partition it replicates.
+        let replicated = |ring: &Ring, node| {
+            (0..ring.partitions())
+                .filter(|&p| ring.preference_list(p, 3).contains(&node))
+                .collect::<Vec<u32>>()
+        };
+        assert_eq!(ring.gained_by(&bigger, 3, 3), replicated(&bigger, 3));
+        // An old member gains exactly where it is new to the list.
+        for node in 0..3 {
+            let expected: Vec<u32> = replicated(&bigger, node)
+                .into_iter()
+                .filter(|&p| !ring.preference_list(p, 3).contains(&node))
+                .collect();
+            assert_eq!(ring.gained_by(&bigger, node, 3), expected, "node {node}");
+        }
+        // Nothing is gained without a change, nor by a node not in `next`.
+        assert!((0..4).all(|node| bigger.gained_by(&bigger, node, 3).is_empty()));
+        assert!(bigger.gained_by(&ring, 3, 3).is_empty());
+        // With one replica, the gains are the partitions that changed owner.
+        let moved: Vec<u32> = (0..64).filter(|&p| bigger.owner(p) == 3).collect();
+        assert_eq!(ring.gained_by(&bigger, 3, 1), moved);
+        // Other partition counts: everything the node replicates in `next`.
+        let other = Ring::new(32, members, 1).expect("valid");
+        assert_eq!(ring.gained_by(&other, 0, 3), replicated(&other, 0));
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //!   then every member with its address, zone, weight, the partitions it
 //!   owns, and whether it answers a ping now. Each member is pinged from
 //!   here, on its own thread with a short timeout, so a dead member costs
-//!   [`PING_TIMEOUT`] once, not once per member. With `--key`, the key's
-//!   partition and preference list as that ring places them.
+//!   [`PING_TIMEOUT`] once, not once per member. Each member that answers
+//!   is asked for its counters (`StatsRequest`): its hints, its membership
+//!   status, the ring it routes by and the pending one, and how far its
+//!   ownership transfers got (partitions still to pull, keys and bytes
+//!   pulled, handed off, removed). Members the answering node's gossip
+//!   knows outside the ring (joining, leaving, left) follow. With `--key`,
+//!   the key's partition and preference list as that ring places them.
 //! - `inspect` asks one node for its own replica of a key
 //!   (`InspectRequest`): no coordination, no quorum, no read repair, so two
 //!   nodes may show different sets, which is the point: it shows whether
@@ -30,7 +35,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use holdfast_net::client::{Client, ClientOptions, Inspected, RingInfo};
-use holdfast_net::message::StatsReply;
+use holdfast_net::membership::MemberStatus as Membership;
+use holdfast_net::message::{MemberSummary, STATUS_UNKNOWN, StatsReply};
 use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 use serde_json::{Value, json};
@@ -141,6 +147,29 @@ pub struct RingStatus {
     /// Sorted by id, as the ring keeps them.
     pub members: Vec<MemberStatus>,
     pub key: Option<KeyPlacement>,
+    /// Members the answering node's gossip knows that are not in the ring
+    /// (joining, leaving or left), sorted by id.
+    pub outside: Vec<OutsideMember>,
+}
+
+/// A member gossip knows that the ring does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutsideMember {
+    pub id: NodeId,
+    pub addr: String,
+    /// Its status as the answering node's gossip holds it (a wire value).
+    pub status: u8,
+    pub liveness: Liveness,
+    pub stats: Option<StatsReply>,
+}
+
+/// A membership status wire value as words.
+pub fn status_name(status: u8) -> String {
+    match Membership::from_u8(status) {
+        Some(status) => format!("{status:?}"),
+        None if status == STATUS_UNKNOWN => "none (no gossip yet)".into(),
+        None => format!("unknown ({status})"),
+    }
 }
 
 impl StatusReport {
@@ -150,12 +179,32 @@ impl StatusReport {
     pub fn new(
         info: &RingInfo,
         key: Option<&str>,
+        gossip: &[MemberSummary],
         liveness: impl Fn(&[&str]) -> Vec<Probe>,
     ) -> StatusReport {
         let ring = info.ring.as_ref().map(|ring| {
-            let addrs: Vec<&str> = ring.members().iter().map(|m| m.addr.as_str()).collect();
-            let alive = liveness(&addrs);
+            let outside: Vec<&MemberSummary> =
+                gossip.iter().filter(|member| !ring.contains(member.id)).collect();
+            let addrs: Vec<&str> = ring
+                .members()
+                .iter()
+                .map(|m| m.addr.as_str())
+                .chain(outside.iter().map(|m| m.addr.as_str()))
+                .collect();
+            let mut alive = liveness(&addrs);
             assert_eq!(alive.len(), addrs.len(), "one liveness per member");
+            let outside_alive = alive.split_off(ring.members().len());
+            let outside = outside
+                .into_iter()
+                .zip(outside_alive)
+                .map(|(member, probe)| OutsideMember {
+                    id: member.id,
+                    addr: member.addr.clone(),
+                    status: member.status,
+                    liveness: probe.liveness,
+                    stats: probe.stats,
+                })
+                .collect();
             let members = ring
                 .members()
                 .iter()
@@ -176,6 +225,7 @@ impl StatusReport {
                 partitions: ring.partitions(),
                 members,
                 key: key.map(|key| placement(ring, key, info.n)),
+                outside,
             }
         });
         StatusReport { node: info.node, n: info.n, r: info.r, w: info.w, ring }
@@ -210,15 +260,19 @@ impl StatusReport {
                 member.liveness.as_str(),
             ));
             if let Some(stats) = &member.stats {
-                let down: Vec<String> = stats.down.iter().map(|id| node_hex(*id)).collect();
-                out.push_str(&format!(
-                    "  hints {} keys held ({} waiting for a down owner), {} delivered  \
-                     believes down: {}\n",
-                    stats.hinted_keys,
-                    stats.hints_waiting,
-                    stats.hints_delivered,
-                    if down.is_empty() { "none".to_string() } else { down.join(", ") },
-                ));
+                out.push_str(&stats_text(stats));
+            }
+        }
+        for member in &ring.outside {
+            out.push_str(&format!(
+                "outside the ring {}  {}  {}  {}\n",
+                node_hex(member.id),
+                member.addr,
+                status_name(member.status),
+                member.liveness.as_str(),
+            ));
+            if let Some(stats) = &member.stats {
+                out.push_str(&stats_text(stats));
             }
         }
         if let Some(key) = &ring.key {
@@ -251,6 +305,20 @@ impl StatusReport {
                         "believes_down": member.stats.as_ref().map(|s| {
                             s.down.iter().map(|id| node_hex(*id)).collect::<Vec<_>>()
                         }),
+                        "membership": member.stats.as_ref().map(stats_json),
+                    })
+                })
+                .collect();
+            let outside: Vec<Value> = ring
+                .outside
+                .iter()
+                .map(|member| {
+                    json!({
+                        "id": node_hex(member.id),
+                        "addr": member.addr,
+                        "status": status_name(member.status),
+                        "state": member.liveness.as_str(),
+                        "membership": member.stats.as_ref().map(stats_json),
                     })
                 })
                 .collect();
@@ -266,6 +334,7 @@ impl StatusReport {
                 "version": ring.version,
                 "partitions": ring.partitions,
                 "members": members,
+                "outside": outside,
                 "key": key,
             })
         });
@@ -278,6 +347,60 @@ impl StatusReport {
             "ring": ring,
         })
     }
+}
+
+/// A member's counters as lines, each ending in a newline: hints, then
+/// membership and transfers.
+fn stats_text(stats: &StatsReply) -> String {
+    let down: Vec<String> = stats.down.iter().map(|id| node_hex(*id)).collect();
+    let mut out = format!(
+        "  hints {} keys held ({} waiting for a down owner), {} delivered  believes down: {}\n",
+        stats.hinted_keys,
+        stats.hints_waiting,
+        stats.hints_delivered,
+        if down.is_empty() { "none".to_string() } else { down.join(", ") },
+    );
+    let pending = match stats.next_version {
+        0 => "none".to_string(),
+        version => version.to_string(),
+    };
+    out.push_str(&format!(
+        "  membership {}  ring {}  pending {pending}  data partitions {}\n",
+        status_name(stats.status),
+        stats.ring_version,
+        stats.data_partitions,
+    ));
+    out.push_str(&format!(
+        "  transfers: {} partitions to pull; pulled {} partitions, {} keys ({}); handed off {} \
+         keys ({}); removed {} keys; {} partitions waiting to hand off\n",
+        stats.transfers_waiting,
+        stats.partitions_pulled,
+        stats.keys_pulled,
+        super::human_bytes(stats.bytes_pulled),
+        stats.keys_handed_off,
+        super::human_bytes(stats.bytes_handed_off),
+        stats.keys_removed,
+        stats.partitions_waiting,
+    ));
+    out
+}
+
+/// A member's membership and transfer counters as JSON.
+fn stats_json(stats: &StatsReply) -> Value {
+    json!({
+        "status": status_name(stats.status),
+        "ring_version": stats.ring_version,
+        "next_version": (stats.next_version != 0).then_some(stats.next_version),
+        "transfers_waiting": stats.transfers_waiting,
+        "partitions_pulled": stats.partitions_pulled,
+        "keys_pulled": stats.keys_pulled,
+        "bytes_pulled": stats.bytes_pulled,
+        "keys_handed_off": stats.keys_handed_off,
+        "bytes_handed_off": stats.bytes_handed_off,
+        "keys_removed": stats.keys_removed,
+        "partitions_waiting": stats.partitions_waiting,
+        "data_partitions": stats.data_partitions,
+    })
 }
 
 /// `key`'s partition and its first `n` replicas in `ring`.
@@ -437,7 +560,9 @@ fn ping_all(addrs: &[&str]) -> Vec<Probe> {
 pub fn status(args: StatusArgs) -> Result<Outcome> {
     let client = client(&args.addr, REQUEST_TIMEOUT)?;
     let info = client.ring().with_context(|| format!("asking {} for its ring", args.addr))?;
-    let report = StatusReport::new(&info, args.key.as_deref(), ping_all);
+    // The members its gossip knows (an older node answers without them).
+    let gossip = client.stats().map(|stats| stats.members).unwrap_or_default();
+    let report = StatusReport::new(&info, args.key.as_deref(), &gossip, ping_all);
     if args.json {
         println!("{}", report.to_json());
     } else {
@@ -505,7 +630,7 @@ mod tests {
 
     #[test]
     fn status_lists_every_member_with_its_share_and_liveness() {
-        let report = StatusReport::new(&info(Some(three_nodes())), None, liveness);
+        let report = StatusReport::new(&info(Some(three_nodes())), None, &[], liveness);
         let text = report.to_text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "node 0000000000000002");
@@ -529,7 +654,7 @@ mod tests {
         let ring = three_nodes();
         let partition = ring.partition_of(b"cart:alice");
         let expected = ring.preference_list(partition, 3);
-        let report = StatusReport::new(&info(Some(ring)), Some("cart:alice"), liveness);
+        let report = StatusReport::new(&info(Some(ring)), Some("cart:alice"), &[], liveness);
         let text = report.to_text();
         assert!(text.contains(&format!("key cart:alice  partition {partition}\n")), "{text}");
         for (rank, id) in expected.iter().enumerate() {
@@ -546,7 +671,7 @@ mod tests {
 
     #[test]
     fn status_json_says_the_same_as_the_lines() {
-        let json = StatusReport::new(&info(Some(three_nodes())), None, liveness).to_json();
+        let json = StatusReport::new(&info(Some(three_nodes())), None, &[], liveness).to_json();
         assert_eq!(json["node"], "0000000000000002");
         assert_eq!(json["formed"], true);
         assert_eq!((json["n"].as_u64(), json["r"].as_u64()), (Some(3), Some(2)));
@@ -560,8 +685,57 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_membership_transfers_and_members_outside_the_ring() {
+        let leaving = MemberSummary {
+            id: 9,
+            addr: "127.0.0.1:7079".into(),
+            status: Membership::Leaving.as_u8(),
+            version: 4,
+        };
+        let stats = StatsReply {
+            node: 9,
+            status: Membership::Leaving.as_u8(),
+            ring_version: 3,
+            next_version: 4,
+            transfers_waiting: 2,
+            partitions_pulled: 5,
+            keys_pulled: 700,
+            bytes_pulled: 1536,
+            keys_handed_off: 3,
+            data_partitions: 6,
+            ..StatsReply::default()
+        };
+        let probes = |addrs: &[&str]| -> Vec<Probe> {
+            addrs
+                .iter()
+                .map(|addr| match addr.ends_with(":7079") {
+                    true => Probe { liveness: Liveness::Up, stats: Some(stats.clone()) },
+                    false => Liveness::Up.into(),
+                })
+                .collect()
+        };
+        let ring = three_nodes();
+        let in_ring =
+            MemberSummary { id: 1, addr: ring.members()[0].addr.clone(), ..leaving.clone() };
+        let report = StatusReport::new(&info(Some(ring)), None, &[in_ring, leaving], probes);
+        let text = report.to_text();
+        assert!(text.contains("outside the ring 0000000000000009  127.0.0.1:7079  Leaving  up\n"));
+        assert!(text.contains("  membership Leaving  ring 3  pending 4  data partitions 6\n"));
+        assert!(text.contains(
+            "  transfers: 2 partitions to pull; pulled 5 partitions, 700 keys (1.5 KiB)"
+        ));
+        let json = report.to_json();
+        let outside = &json["ring"]["outside"][0];
+        assert_eq!(outside["status"], "Leaving");
+        assert_eq!(outside["membership"]["keys_pulled"], 700);
+        assert_eq!(outside["membership"]["next_version"], 4);
+        assert!(json["ring"]["members"][0]["membership"].is_null());
+        assert_eq!(status_name(STATUS_UNKNOWN), "none (no gossip yet)");
+    }
+
+    #[test]
     fn a_node_without_a_ring_says_so() {
-        let report = StatusReport::new(&info(None), Some("k"), |_| panic!("nothing to ping"));
+        let report = StatusReport::new(&info(None), Some("k"), &[], |_| panic!("nothing to ping"));
         assert!(report.ring.is_none());
         assert!(report.to_text().contains("has not formed its ring"), "{}", report.to_text());
         let json = report.to_json();

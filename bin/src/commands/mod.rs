@@ -1,6 +1,7 @@
 //! The commands, one module each, and what they share: running on a glommio
 //! executor, and printing sizes and latencies the same way everywhere.
 
+pub mod admin;
 pub mod bench;
 pub mod check;
 pub mod client;

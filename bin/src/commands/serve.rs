@@ -13,6 +13,19 @@
 //! seeds runs as a one-node cluster with N = R = W = 1 and no flags. Every
 //! node of a cluster must be given the same N, R and W; whatever was set
 //! explicitly is checked (`1 <= R, W <= N`), never adjusted.
+//!
+//! # Joining a running cluster
+//!
+//! `--join` (or `join = true`) starts a node that joins a running cluster
+//! through its `seeds` (any of its nodes) instead of forming a first ring
+//! with them: it gossips with the seeds, is added to a pending ring, pulls
+//! the partitions it gains, and serves once the new ring is installed
+//! (requests before that are refused: no ring yet). N, R and W not given
+//! are learned from the first seed that answers (every node of a cluster
+//! must agree on them). A node that already has a `membership` file in its
+//! data directory rejoins as what it was, whatever `--join` says. Nodes
+//! leave with `holdfast admin leave` and are removed with `holdfast admin
+//! remove` (see `commands/admin.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +75,10 @@ pub struct ServeArgs {
     /// are spread over zones. Default: none.
     #[arg(long)]
     pub zone: Option<String>,
+    /// Join a running cluster through --seeds (any of its nodes) instead of
+    /// forming a first ring with them.
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// N, R and W on the command line (`serve` and `up`).
@@ -108,10 +125,27 @@ pub struct ConfigFile {
     acceptable_pause_ms: Option<u64>,
     phi_threshold: Option<f64>,
     handoff_keys_per_second: Option<u32>,
+    transfer_keys_per_second: Option<u32>,
+    gossip_interval_ms: Option<u64>,
+    join: Option<bool>,
 }
 
 /// The options a node runs with, from the file and then the flags.
-pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
+#[cfg(test)]
+fn options(args: &ServeArgs) -> Result<ServerOptions> {
+    options_and_given(args).map(|(options, _)| options)
+}
+
+/// Which of N, R and W were set (in the file or by a flag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Given {
+    n: bool,
+    r: bool,
+    w: bool,
+}
+
+/// [`options`], and which quorums were given rather than defaulted.
+fn options_and_given(args: &ServeArgs) -> Result<(ServerOptions, Given)> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -164,6 +198,16 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     }
     options.zone = args.zone.clone().or(file.zone).unwrap_or_default();
 
+    options.join = args.join || file.join.unwrap_or(false);
+    if options.join && options.seeds.iter().all(|seed| *seed == options.listen) {
+        bail!("--join needs --seeds: the address of at least one node of the running cluster");
+    }
+    options.gossip_interval =
+        file.gossip_interval_ms.map_or(options.gossip_interval, Duration::from_millis);
+    if options.gossip_interval.is_zero() {
+        bail!("gossip_interval_ms must be above 0");
+    }
+
     let others = options.seeds.iter().filter(|seed| **seed != options.listen).count();
     let nodes = u8::try_from(others.saturating_add(1)).unwrap_or(u8::MAX);
     let defaults = ClusterOptions::default();
@@ -189,6 +233,9 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
         handoff_keys_per_second: file
             .handoff_keys_per_second
             .unwrap_or(defaults.handoff_keys_per_second),
+        transfer_keys_per_second: file
+            .transfer_keys_per_second
+            .unwrap_or(defaults.transfer_keys_per_second),
         ..ClusterOptions::fitted(
             nodes,
             quorums.n.or(file.n),
@@ -206,11 +253,79 @@ pub fn options(args: &ServeArgs) -> Result<ServerOptions> {
     if options.cluster.detector.threshold.is_nan() || options.cluster.detector.threshold <= 0.0 {
         bail!("phi_threshold must be above 0");
     }
-    Ok(options)
+    let given = Given {
+        n: quorums.n.or(file.n).is_some(),
+        r: quorums.r.or(file.r).is_some(),
+        w: quorums.w.or(file.w).is_some(),
+    };
+    Ok((options, given))
+}
+
+/// How long a joining node tries its seeds for the cluster's N, R and W.
+const LEARN_QUORUMS_FOR: Duration = Duration::from_secs(30);
+
+/// A joining node's N, R and W, where not given: the cluster's, from the
+/// first seed that has a ring. (A node's own seed count says nothing about
+/// the size of the cluster it joins.)
+fn learn_quorums(options: &mut ServerOptions, given: Given) -> Result<()> {
+    use holdfast_net::client::{Client, ClientOptions};
+    let seeds: Vec<SocketAddr> =
+        options.seeds.iter().copied().filter(|seed| *seed != options.listen).collect();
+    let client_options = ClientOptions {
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        pool_size: 1,
+        route_by_ring: false,
+        ..ClientOptions::default()
+    };
+    let deadline = std::time::Instant::now() + LEARN_QUORUMS_FOR;
+    loop {
+        for seed in &seeds {
+            let info = Client::connect(&[*seed], client_options).and_then(|client| client.ring());
+            match info {
+                Ok(info) if info.ring.is_some() => {
+                    let cluster = &mut options.cluster;
+                    if !given.n {
+                        cluster.n = info.n;
+                    }
+                    if !given.r {
+                        cluster.r = info.r.min(cluster.n);
+                    }
+                    if !given.w {
+                        cluster.w = info.w.min(cluster.n);
+                    }
+                    cluster
+                        .validate()
+                        .map_err(|error| anyhow!("invalid cluster settings: {error}"))?;
+                    tracing::info!(
+                        %seed,
+                        n = cluster.n,
+                        r = cluster.r,
+                        w = cluster.w,
+                        "learned the cluster's replication settings from a seed"
+                    );
+                    return Ok(());
+                }
+                Ok(_) => tracing::info!(%seed, "the seed has no ring yet"),
+                Err(error) => tracing::info!(%seed, %error, "the seed does not answer yet"),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "no seed answered with a ring within {LEARN_QUORUMS_FOR:?}: give n, r and w \
+                 explicitly, or start a seed first"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<Outcome> {
-    let options = options(&args)?;
+    let (mut options, given) = options_and_given(&args)?;
+    let restarting = options.data_dir.join("membership").exists();
+    if options.join && !restarting && !(given.n && given.r && given.w) {
+        learn_quorums(&mut options, given)?;
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shutdown.clone())
@@ -288,6 +403,9 @@ mod tests {
         assert_eq!(options.zone, "");
         assert_eq!((options.cluster.n, options.cluster.r, options.cluster.w), (1, 1, 1));
         assert!(options.pin);
+        assert!(!options.join);
+        assert_eq!(options.gossip_interval, Duration::from_secs(1));
+        assert_eq!(options.cluster.transfer_keys_per_second, 20_000);
     }
 
     #[test]
@@ -383,6 +501,35 @@ mod tests {
 
         std::fs::write(&path, "data_dir = \"/tmp/x\"\nrequest_timeout_ms = 0\n").unwrap();
         assert!(error(&["--config", path_text]).contains("request_timeout_ms must be above 0"));
+    }
+
+    #[test]
+    fn join_and_membership_settings_come_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let path_text = path.to_str().unwrap();
+        std::fs::write(
+            &path,
+            concat!(
+                "data_dir = \"/tmp/x\"\nseeds = [\"127.0.0.1:7071\"]\n",
+                "gossip_interval_ms = 250\ntransfer_keys_per_second = 500\n",
+            ),
+        )
+        .unwrap();
+        let from_file = options(&args(&["--config", path_text])).unwrap();
+        assert!(!from_file.join);
+        assert_eq!(from_file.gossip_interval, Duration::from_millis(250));
+        assert_eq!(from_file.cluster.transfer_keys_per_second, 500);
+        let (joining, given) =
+            options_and_given(&args(&["--config", path_text, "--join"])).unwrap();
+        assert!(joining.join);
+        assert_eq!(given, Given::default(), "nothing given: learned from a seed at start");
+        let (_, given) =
+            options_and_given(&args(&["--config", path_text, "--join", "--n", "3"])).unwrap();
+        assert_eq!(given, Given { n: true, r: false, w: false });
+        assert!(error(&["--data-dir", "/tmp/x", "--join"]).contains("--join needs --seeds"));
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\ngossip_interval_ms = 0\n").unwrap();
+        assert!(error(&["--config", path_text]).contains("gossip_interval_ms must be above 0"));
     }
 
     #[test]

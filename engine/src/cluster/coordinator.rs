@@ -63,6 +63,14 @@
 //! start per second; hints for owners that are down or gone wait for a
 //! later pass and are counted.
 //!
+//! # Membership changes
+//!
+//! Requests route by the current ring. While a pending ring is gossiped,
+//! each shard pulls the partitions its node gains in it, and every shard
+//! sweeps the partitions it holds but no longer replicates to their owners
+//! ([`transfer`] explains both); ownership switches when gossip installs
+//! the pending ring, after every gaining node pulled.
+//!
 //! # What this does not guarantee
 //!
 //! - R + W > N makes a read that starts after a write was acknowledged
@@ -71,9 +79,10 @@
 //!   write taken by fallbacks is read from the owners only after its hints
 //!   arrive (read repair and anti-entropy close the rest). The simulator
 //!   checks the property in fault-free runs.
-//! - A fallback keeps its copy of a key after delivering its hint; reaping
-//!   such copies (with an incarnation bump, so no dot is ever reissued) is
-//!   part of ownership transfer, not yet built.
+//! - A fallback's copy of a key outlives its hint until the next sweep
+//!   ([`transfer`]) finds every owner holding it; a hint whose owner left
+//!   the cluster is dropped, and the key reaches its current owners through
+//!   that sweep (or, if the fallback now owns it, through read repair).
 //! - A cluster with fewer members than N keeps one replica per member; the
 //!   default R and W shrink with it, but a request that asks for more than
 //!   there are replicas is refused.
@@ -88,6 +97,8 @@ use holdfast_net::{Dot, SiblingSet, VersionVector};
 
 use super::ClusterOptions;
 use super::detector::Detector;
+
+mod transfer;
 
 /// Names one coordinated operation; the driver hands it back with the
 /// answers to the operation's actions. Never reused by one coordinator.
@@ -171,6 +182,41 @@ pub enum LocalOp {
     Hints { after: Option<(u32, Vec<u8>)>, limit: usize },
     /// Drop a delivered hint, unless its token changed since.
     DropHint(Hint),
+    /// Up to `keys` keys of `partition` after `after`, with their sets
+    /// (stopping early past `bytes` of sets): a page of a pull or a sweep.
+    Scan { partition: u32, after: Option<Vec<u8>>, keys: usize, bytes: usize },
+    /// Merge a pulled page, then record the pull's progress, durably.
+    Pulled { partition: u32, entries: Vec<(Vec<u8>, SiblingSet)>, progress: Progress },
+    /// Which of these keys the replica holds with exactly the set of the
+    /// token (see [`set_token`]).
+    Compare { partition: u32, keys: Vec<(Vec<u8>, u64)> },
+    /// Remove these keys, each only if its set's token is unchanged (after
+    /// raising the partition's dot floor to what they held, so that no
+    /// dot they carried is ever issued again).
+    Remove { partition: u32, keys: Vec<(Vec<u8>, u64)> },
+    /// The pull progress records.
+    Progress,
+    /// The partitions the replica holds keys of (not hints), ascending.
+    Partitions,
+}
+
+/// How far this node got pulling a partition it gains in a pending ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub partition: u32,
+    /// The version of the current ring the pull started under: progress
+    /// made under another ring is stale.
+    pub base: u64,
+    /// The last key merged, to resume after.
+    pub cursor: Option<Vec<u8>>,
+    /// Every key the source held when the pull reached it is merged.
+    pub done: bool,
+}
+
+/// A set's token: a stable hash of its canonical bytes, so two replicas
+/// hold the same set exactly when their tokens agree (up to 2^-64).
+pub fn set_token(set: &SiblingSet) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&set.encode())
 }
 
 /// How a [`LocalOp`] ended.
@@ -180,10 +226,18 @@ pub enum LocalResult {
     Read(SiblingSet),
     /// `Write`: the set after the write and the new version's dot.
     Written { set: SiblingSet, dot: Dot },
-    /// `Merge` or `DropHint`: done and durable.
+    /// `Merge`, `DropHint`, `Pulled` or `Remove`: done and durable.
     Merged,
     /// `Hints`: the hints listed.
     Hints(Vec<Hint>),
+    /// `Scan`: the page, and whether keys follow it.
+    Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool },
+    /// `Compare`: per key asked, whether the replica holds that very set.
+    Have(Vec<bool>),
+    /// `Progress`: the records.
+    Progress(Vec<Progress>),
+    /// `Partitions`: the partitions.
+    Partitions(Vec<u32>),
     /// Any of them failed.
     Failed { code: ErrorCode, message: String },
 }
@@ -200,6 +254,31 @@ pub enum PeerRequest {
     Coordinate(ClientRequest),
     /// A heartbeat, for the failure detector.
     Ping,
+    /// A page of the peer's keys of a partition, with their sets (a pull).
+    Scan { partition: u32, after: Option<Vec<u8>>, keys: usize, bytes: usize },
+    /// Which of these keys the peer holds with exactly these tokens' sets
+    /// (a sweep offering a partition this node no longer replicates). The
+    /// peer refuses unless it replicates the partition, now or in the
+    /// pending ring.
+    Offer { partition: u32, keys: Vec<(Vec<u8>, u64)> },
+}
+
+impl PeerRequest {
+    /// The operation a peer's replica runs to answer this request; `None`
+    /// for the requests a driver answers itself (`Coordinate`, `Ping`).
+    pub fn into_local(self) -> Option<LocalOp> {
+        Some(match self {
+            PeerRequest::Read { partition, key } => LocalOp::Read { partition, key },
+            PeerRequest::Write { partition, key, set, hint } => {
+                LocalOp::Merge { partition, key, set, hint }
+            }
+            PeerRequest::Scan { partition, after, keys, bytes } => {
+                LocalOp::Scan { partition, after, keys, bytes }
+            }
+            PeerRequest::Offer { partition, keys } => LocalOp::Compare { partition, keys },
+            PeerRequest::Coordinate(_) | PeerRequest::Ping => return None,
+        })
+    }
 }
 
 /// A peer's answer, or the driver's news that none will come.
@@ -213,9 +292,31 @@ pub enum PeerReply {
     Coordinated(ClientReply),
     /// To `Ping`.
     Pong,
+    /// To `Scan`.
+    Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool },
+    /// To `Offer`.
+    Have(Vec<bool>),
     /// The peer refused, or could not be reached, or the connection broke
     /// (`Unavailable` is reserved for the last two: the peer is suspected).
     Failed { code: ErrorCode, message: String },
+}
+
+impl PeerReply {
+    /// The reply for the peer that sent a request, from how its
+    /// [`PeerRequest::into_local`] ended.
+    pub fn from_local(result: LocalResult) -> PeerReply {
+        match result {
+            LocalResult::Read(set) => PeerReply::Read(set),
+            LocalResult::Merged => PeerReply::Written,
+            LocalResult::Scanned { entries, more } => PeerReply::Scanned { entries, more },
+            LocalResult::Have(have) => PeerReply::Have(have),
+            LocalResult::Failed { code, message } => PeerReply::Failed { code, message },
+            other => PeerReply::Failed {
+                code: ErrorCode::Internal,
+                message: format!("no peer request ends as {other:?}"),
+            },
+        }
+    }
 }
 
 /// What happens next, for the coordinator.
@@ -270,6 +371,23 @@ pub struct CoordinatorStats {
     /// Hints the last full pass found and could not deliver (the owner
     /// down or gone from the ring).
     pub hints_waiting: u64,
+    /// Partitions this shard gains in the pending ring and has not pulled
+    /// yet (a gauge).
+    pub transfers_waiting: u64,
+    /// Partitions pulled.
+    pub partitions_pulled: u64,
+    /// Keys and bytes (encoded sets) pulled from other nodes.
+    pub keys_pulled: u64,
+    pub bytes_pulled: u64,
+    /// Keys of partitions this node no longer replicates sent to their
+    /// owners (after an offer showed they lacked them), and bytes sent.
+    pub keys_handed_off: u64,
+    pub bytes_handed_off: u64,
+    /// Keys removed after every owner held them.
+    pub keys_removed: u64,
+    /// Partitions the last sweep pass found held here for others and could
+    /// not hand off (an owner down or refusing): a gauge.
+    pub partitions_waiting: u64,
 }
 
 impl std::ops::AddAssign for CoordinatorStats {
@@ -284,6 +402,14 @@ impl std::ops::AddAssign for CoordinatorStats {
             hinted_writes,
             hints_delivered,
             hints_waiting,
+            transfers_waiting,
+            partitions_pulled,
+            keys_pulled,
+            bytes_pulled,
+            keys_handed_off,
+            bytes_handed_off,
+            keys_removed,
+            partitions_waiting,
         } = other;
         self.reads += reads;
         self.writes += writes;
@@ -294,6 +420,14 @@ impl std::ops::AddAssign for CoordinatorStats {
         self.hinted_writes += hinted_writes;
         self.hints_delivered += hints_delivered;
         self.hints_waiting += hints_waiting;
+        self.transfers_waiting += transfers_waiting;
+        self.partitions_pulled += partitions_pulled;
+        self.keys_pulled += keys_pulled;
+        self.bytes_pulled += bytes_pulled;
+        self.keys_handed_off += keys_handed_off;
+        self.bytes_handed_off += bytes_handed_off;
+        self.keys_removed += keys_removed;
+        self.partitions_waiting += partitions_waiting;
     }
 }
 
@@ -309,6 +443,11 @@ pub struct Coordinator {
     detector: Detector,
     next_heartbeat: Duration,
     handoff: Handoff,
+    /// This coordinator's shard and the node's shard count: it pulls and
+    /// sweeps only its own shard's partitions.
+    shard: u32,
+    shards: u32,
+    transfers: transfer::Transfers,
 }
 
 #[derive(Debug)]
@@ -322,6 +461,8 @@ enum Operation {
     ListHints,
     /// One hint being delivered.
     Deliver(DeliverOp),
+    /// Ownership transfer: see [`transfer`].
+    Transfer(transfer::TransferOp),
 }
 
 /// Where a request goes: the key's owners, each replaced by a fallback if
@@ -436,7 +577,19 @@ impl Coordinator {
             detector: Detector::new(options.detector),
             next_heartbeat: Duration::ZERO,
             handoff: Handoff::default(),
+            shard: 0,
+            shards: 1,
+            transfers: transfer::Transfers::default(),
         }
+    }
+
+    /// Makes this the coordinator of shard `shard` of `shards`: it pulls
+    /// and sweeps only partitions `p` with `p % shards == shard` (the
+    /// node's [`Partitioner`](crate::partition::Partitioner) rule).
+    pub fn set_shard(&mut self, shard: u32, shards: u32) {
+        assert!(shard < shards, "shard {shard} of {shards}");
+        self.shard = shard;
+        self.shards = shards;
     }
 
     pub fn node(&self) -> NodeId {
@@ -455,6 +608,20 @@ impl Coordinator {
     /// replicas they started with.
     pub fn set_ring(&mut self, ring: Arc<Ring>) {
         self.ring = Some(ring);
+        // Readiness is for a (current, pending) pair: the next tick says.
+        self.transfers.ready = None;
+    }
+
+    /// The pending ring, if a membership change is under way.
+    pub fn next_ring(&self) -> Option<&Arc<Ring>> {
+        self.transfers.next.as_ref()
+    }
+
+    /// Starts (or, with `None`, ends) pulling what this node gains in a
+    /// pending ring; see [`transfer`].
+    pub fn set_next_ring(&mut self, next: Option<Arc<Ring>>) {
+        self.transfers.next = next;
+        self.transfers.ready = None;
     }
 
     pub fn stats(&self) -> CoordinatorStats {
@@ -729,6 +896,7 @@ impl Coordinator {
                 self.operations.remove(&op);
                 self.on_hints_listed(now, result, out);
             }
+            Some(Operation::Transfer(_)) => self.on_transfer_local(now, op, result, out),
             Some(Operation::Deliver(deliver)) => match result {
                 LocalResult::Read(set) if !deliver.sent => {
                     deliver.sent = true;
@@ -855,6 +1023,7 @@ impl Coordinator {
                     }
                 }
             }
+            Some(Operation::Transfer(_)) => self.on_transfer_peer(now, op, from, reply, out),
             Some(Operation::Repair) | Some(Operation::ListHints) | None => {}
         }
     }
@@ -871,6 +1040,11 @@ impl Coordinator {
         let Some(ring) = self.ring.clone() else {
             return refuse(out, client, ErrorCode::Unavailable, "the ring is gone");
         };
+        if !ring.contains(self.node) {
+            // A node that left never issues dots again.
+            let message = "no replica of the key could be reached, and this node has left the ring";
+            return refuse(out, client, ErrorCode::Unavailable, message);
+        }
         let partition = ring.partition_of(request.key());
         let mut replicas = self.plan(&ring, partition, now);
         if replicas.index_of(self.node).is_none() {
@@ -961,6 +1135,7 @@ impl Coordinator {
                 self.delivery_ended(now, out);
             }
             Operation::ListHints => {}
+            Operation::Transfer(_) => self.on_transfer_timer(now, op, out),
         }
     }
 
@@ -1098,6 +1273,7 @@ impl Coordinator {
             self.handoff.waiting = 0;
         }
         self.deliver_more(out);
+        self.transfer_tick(now, out);
     }
 
     /// Starts deliveries while the budget and the bound allow, listing the
@@ -1134,6 +1310,8 @@ impl Coordinator {
         let last_page = hints.len() < HINT_PAGE;
         self.handoff.cursor = hints.last().map(|hint| (hint.partition, hint.key.clone()));
         let ring = self.ring.clone();
+        let next = self.pending();
+        let in_next = |owner: NodeId| next.as_ref().is_some_and(|next| next.contains(owner));
         for hint in hints {
             let in_ring = ring.as_ref().is_some_and(|ring| ring.contains(hint.owner));
             if hint.owner == self.node {
@@ -1144,6 +1322,14 @@ impl Coordinator {
                 self.operations.insert(op, Operation::Deliver(DeliverOp { hint, sent: true }));
             } else if in_ring && !self.detector.is_down(hint.owner, now) {
                 self.handoff.queue.push_back(hint);
+            } else if !in_ring && !in_next(hint.owner) {
+                // The owner left the cluster: the key's current owners get
+                // the data instead, from this node's sweep if it does not
+                // replicate the key, or from read repair if it does.
+                self.handoff.in_flight += 1;
+                let op = self.next_op();
+                out.push(Action::Local { op, local: LocalOp::DropHint(hint.clone()) });
+                self.operations.insert(op, Operation::Deliver(DeliverOp { hint, sent: true }));
             } else {
                 self.handoff.waiting += 1;
             }

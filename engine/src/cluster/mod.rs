@@ -46,6 +46,9 @@ pub struct ClusterOptions {
     pub handoff_in_flight: usize,
     /// Hints delivered per second at most, per shard.
     pub handoff_keys_per_second: u32,
+    /// Keys pulled (for partitions gained in a membership change) and
+    /// handed off (for partitions lost) per second at most, per shard.
+    pub transfer_keys_per_second: u32,
 }
 
 impl Default for ClusterOptions {
@@ -61,6 +64,7 @@ impl Default for ClusterOptions {
             handoff_interval: Duration::from_secs(1),
             handoff_in_flight: 8,
             handoff_keys_per_second: 2_000,
+            transfer_keys_per_second: 20_000,
         }
     }
 }
@@ -93,6 +97,9 @@ impl ClusterOptions {
         }
         if self.handoff_in_flight == 0 || self.handoff_keys_per_second == 0 {
             return Err("hint delivery needs at least one key in flight and per second".into());
+        }
+        if self.transfer_keys_per_second == 0 {
+            return Err("transfers need at least one key per second".into());
         }
         Ok(())
     }

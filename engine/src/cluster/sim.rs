@@ -28,14 +28,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::coordinator::{
-    Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, LocalResult, OpId,
-    PeerReply, PeerRequest,
+    Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, OpId, PeerReply,
+    PeerRequest,
 };
+use super::gossip::{Gossip, GossipAction, GossipMessage, GossipOptions, Peer};
 use super::history::{self, Call, CheckOptions, FinalState, History, Outcome, Presence, Report};
 use super::{ClusterOptions, DetectorOptions};
 use crate::disk::sim::{SimDisk, SimDiskOptions};
 use crate::replica::Replica;
 use crate::store::{Store, StoreOptions, SyncPolicy};
+use holdfast_net::membership::{GossipState, MemberRecord, MemberStatus};
 
 /// What the simulated network does to messages.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +94,15 @@ pub struct SimOptions {
     /// The nodes' sync policy (`always`: nothing acknowledged is lost in a
     /// crash).
     pub sync: SyncPolicy,
+    /// How often each node starts a gossip exchange.
+    pub gossip_interval: Duration,
+    /// Nodes that join during the workload (each through one random seed).
+    pub joins: usize,
+    /// Nodes asked to leave during the workload.
+    pub leaves: usize,
+    /// Nodes crashed for good and removed by an operator during the
+    /// workload.
+    pub removals: usize,
 }
 
 impl SimOptions {
@@ -121,6 +132,10 @@ impl SimOptions {
             crashes: false,
             partitions_during_run: false,
             sync: SyncPolicy::Always,
+            gossip_interval: Duration::from_millis(100),
+            joins: 0,
+            leaves: 0,
+            removals: 0,
         }
     }
 }
@@ -136,10 +151,14 @@ pub struct SimStats {
     pub events: u64,
 }
 
+/// `epoch`: the requester's life when it asked. A reply to an earlier life
+/// is dropped on arrival, as a restarted process never hears answers sent
+/// on its old connections (its new operations reuse op ids).
 #[derive(Clone, Debug)]
 enum Message {
-    Request { op: OpId, request: PeerRequest },
-    Reply { op: OpId, reply: PeerReply },
+    Request { op: OpId, epoch: u64, request: PeerRequest },
+    Reply { op: OpId, epoch: u64, reply: PeerReply },
+    Gossip(GossipMessage),
 }
 
 #[derive(Debug)]
@@ -147,7 +166,7 @@ enum Work {
     /// A coordinator's own local operation.
     Coordinator { op: OpId, local: LocalOp },
     /// A peer's request served by this node's replica.
-    Serve { from: usize, op: OpId, request: PeerRequest },
+    Serve { from: usize, op: OpId, epoch: u64, request: PeerRequest },
 }
 
 #[derive(Debug)]
@@ -189,6 +208,23 @@ enum Event {
         groups: Vec<usize>,
     },
     Heal,
+    /// A node's gossip round.
+    Gossip {
+        node: usize,
+        epoch: u64,
+    },
+    /// A new node joins through `seed`.
+    Join {
+        seed: usize,
+    },
+    /// An operator asks `node` to leave.
+    Leave {
+        node: usize,
+    },
+    /// `node` dies for good and an operator removes it at another node.
+    Remove {
+        node: usize,
+    },
 }
 
 impl Event {
@@ -201,6 +237,8 @@ impl Event {
         matches!(
             self,
             Event::Tick { .. }
+                | Event::Gossip { .. }
+                | Event::Deliver { message: Message::Gossip(_), .. }
                 | Event::ClientGiveUp { .. }
                 | Event::Timer { .. }
                 | Event::Deliver {
@@ -240,6 +278,11 @@ impl Ord for Scheduled {
 
 struct SimNode {
     id: NodeId,
+    /// Its gossip, which survives crashes (a real node persists its state
+    /// on every change before acting on it).
+    gossip: Gossip,
+    /// Crashed for good and removed: never restarted.
+    removed: bool,
     disk: SimDisk,
     incarnation: u32,
     /// Bumped on every crash: events of an earlier life are dropped.
@@ -252,7 +295,7 @@ struct Running {
     replica: Replica<SimDisk>,
     /// Requests other nodes asked this one to coordinate: client ref to
     /// (node, op) to answer.
-    coordinating: BTreeMap<u64, (usize, OpId)>,
+    coordinating: BTreeMap<u64, (usize, OpId, u64)>,
     next_coordinating: u64,
 }
 
@@ -261,8 +304,12 @@ const PEER_CLIENT: u64 = 1 << 63;
 
 #[derive(Default)]
 struct SimClient {
-    /// The operation waiting for its reply: history op, the node, the key.
-    waiting: Option<(history::OpId, usize, Vec<u8>)>,
+    /// The operation waiting for its reply: history op, the node, the key,
+    /// and the ref the coordinator answers it by.
+    waiting: Option<(history::OpId, usize, Vec<u8>, ClientRef)>,
+    /// Requests submitted, for unique refs: a late answer to a request the
+    /// client gave up on must not be taken for the next one's.
+    submitted: u64,
     done: usize,
     /// The context of the last read or write of each key.
     contexts: BTreeMap<Vec<u8>, VersionVector>,
@@ -307,12 +354,22 @@ impl Sim {
                 zone: String::new(),
             })
             .collect();
-        let ring = Arc::new(Ring::new(options.partitions, members, 1).expect("a valid sim ring"));
+        let ring =
+            Arc::new(Ring::new(options.partitions, members.clone(), 1).expect("a valid sim ring"));
+        let records =
+            members.iter().map(|member| MemberRecord::new(member.clone(), MemberStatus::Up, 1));
+        let state =
+            GossipState::new(records.collect(), ring.state()).expect("a valid sim gossip state");
         let mut nodes = Vec::new();
-        for index in 0..options.nodes {
+        for (index, member) in members.into_iter().enumerate() {
             let disk = SimDisk::new(SimDiskOptions::new(rng.random()));
+            let gossip_options = gossip_options(&options);
+            let gossip = Gossip::from_state(member, state.clone(), Vec::new(), gossip_options)
+                .expect("a valid sim gossip state");
             nodes.push(SimNode {
                 id: index as NodeId + 1,
+                gossip,
+                removed: false,
                 disk,
                 incarnation: 0,
                 epoch: 0,
@@ -388,7 +445,10 @@ impl Sim {
         }
         let replica = Replica::new(store, Actor::new(node.id, node.incarnation));
         let mut coordinator = Coordinator::new(node.id, self.options.cluster);
-        coordinator.set_ring(self.ring.clone());
+        if let Some(ring) = node.gossip.ring() {
+            coordinator.set_ring(ring);
+        }
+        coordinator.set_next_ring(node.gossip.next_ring());
         node.running = Some(Running {
             coordinator,
             replica,
@@ -396,7 +456,15 @@ impl Sim {
             next_coordinating: 0,
         });
         let epoch = node.epoch;
+        let restarted = epoch > 0;
         self.schedule(TICK, Event::Tick { node: index, epoch });
+        let first = self.random_delay(Duration::ZERO, self.options.gossip_interval);
+        self.schedule(first, Event::Gossip { node: index, epoch });
+        if restarted {
+            let mut out = Vec::new();
+            self.nodes[index].gossip.restart(&mut out);
+            self.gossip_actions(index, out);
+        }
     }
 
     /// Stops `node` abruptly: what its disk had not synced is lost, and so
@@ -410,11 +478,142 @@ impl Sim {
         }
     }
 
-    /// Starts a crashed node again from its disk.
+    /// Starts a crashed node again from its disk (not one removed).
     pub fn restart(&mut self, node: usize) {
-        if self.nodes[node].running.is_none() {
+        if self.nodes[node].running.is_none() && !self.nodes[node].removed {
             self.start_node(node);
         }
+    }
+
+    /// A new node joins the cluster knowing only `seed`'s address; returns
+    /// its index.
+    pub fn join(&mut self, seed: usize) -> usize {
+        self.join_through(&[seed])
+    }
+
+    /// A new node joins knowing the addresses of the nodes `seeds`.
+    pub fn join_through(&mut self, seeds: &[usize]) -> usize {
+        let seeds = seeds.iter().map(|&seed| self.nodes[seed].gossip.me().addr.clone()).collect();
+        self.join_with(seeds)
+    }
+
+    fn join_with(&mut self, seeds: Vec<String>) -> usize {
+        let index = self.nodes.len();
+        let id = self.nodes.iter().map(|node| node.id).max().unwrap_or(0) + 1;
+        let member =
+            Member { id, addr: format!("sim-node-{index}"), weight: 1, zone: String::new() };
+        let gossip = Gossip::new(member, seeds, gossip_options(&self.options));
+        let disk = SimDisk::new(SimDiskOptions::new(self.rng.random()));
+        self.nodes.push(SimNode {
+            id,
+            gossip,
+            removed: false,
+            disk,
+            incarnation: 0,
+            epoch: 0,
+            running: None,
+        });
+        self.sides.push(0);
+        self.start_node(index);
+        index
+    }
+
+    /// An operator asks `node` (at `node` itself) to leave the cluster: it
+    /// hands its partitions over and then marks itself `Left`.
+    pub fn leave(&mut self, node: usize) {
+        let id = self.nodes[node].id;
+        let mut out = Vec::new();
+        if self.nodes[node].gossip.set_status(id, MemberStatus::Leaving, &mut out).is_ok() {
+            self.gossip_actions(node, out);
+        }
+    }
+
+    /// `node` dies for good, and an operator removes it at node `at`: its
+    /// partitions are re-replicated from the survivors.
+    pub fn remove(&mut self, node: usize, at: usize) {
+        self.crash(node);
+        self.nodes[node].removed = true;
+        let id = self.nodes[node].id;
+        let mut out = Vec::new();
+        if self.nodes[at].gossip.set_status(id, MemberStatus::Left, &mut out).is_ok() {
+            self.gossip_actions(at, out);
+        }
+    }
+
+    /// Whether `node` has left (by its own gossip) or was removed.
+    pub fn has_left(&self, node: usize) -> bool {
+        let sim_node = &self.nodes[node];
+        sim_node.removed || sim_node.gossip.status_of(sim_node.id) == Some(MemberStatus::Left)
+    }
+
+    /// The number of nodes ever started (left and removed ones included).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `node`'s gossip.
+    pub fn gossip(&self, node: usize) -> &Gossip {
+        &self.nodes[node].gossip
+    }
+
+    /// Carries out what a node's gossip asked for.
+    fn gossip_actions(&mut self, node: usize, actions: Vec<GossipAction>) {
+        for action in actions {
+            match action {
+                GossipAction::Send { to, message } => {
+                    let to = match &to {
+                        Peer::Node { id, .. } => self.nodes.iter().position(|n| n.id == *id),
+                        Peer::Seed { addr } => {
+                            self.nodes.iter().position(|n| n.gossip.me().addr == *addr)
+                        }
+                    };
+                    let Some(to) = to else { continue };
+                    if to != node {
+                        self.send(node, to, Message::Gossip(message));
+                    }
+                }
+                GossipAction::RingChanged(ring) => {
+                    if ring.version() > self.ring.version() {
+                        self.ring = ring.clone();
+                    }
+                    if let Some(running) = self.nodes[node].running.as_mut() {
+                        running.coordinator.set_ring(ring);
+                    }
+                }
+                GossipAction::NextChanged(next) => {
+                    if let Some(running) = self.nodes[node].running.as_mut() {
+                        running.coordinator.set_next_ring(next);
+                    }
+                }
+                GossipAction::MembersChanged { .. } => {}
+            }
+        }
+    }
+
+    /// After a tick: reports this node ready for the pending ring once its
+    /// coordinator pulled everything it gains, and marks a leaving node
+    /// `Left` once it holds nothing anyone needs.
+    fn membership_upkeep(&mut self, node: usize) {
+        let Some(running) = self.nodes[node].running.as_ref() else { return };
+        let ready = running.coordinator.ready_for();
+        let empty =
+            running.replica.data_partitions().is_empty() && running.replica.hinted_keys() == 0;
+        let sim_node = &mut self.nodes[node];
+        let id = sim_node.id;
+        let mut out = Vec::new();
+        if let Some(version) = ready {
+            sim_node.gossip.set_ready(version, &mut out);
+        }
+        let gossip = &sim_node.gossip;
+        let gone = |ring: Option<Arc<Ring>>| ring.is_none_or(|ring| !ring.contains(id));
+        if gossip.status_of(id) == Some(MemberStatus::Leaving)
+            && gone(gossip.ring())
+            && gone(gossip.next_ring())
+            && empty
+        {
+            let _ = sim_node.gossip.set_status(id, MemberStatus::Left, &mut out);
+        }
+        self.gossip_actions(node, out);
     }
 
     pub fn is_running(&self, node: usize) -> bool {
@@ -423,8 +622,10 @@ impl Sim {
 
     /// Cuts the network: nodes talk only to nodes on the same side
     /// (`sides[i]` is node i's side).
-    pub fn partition(&mut self, sides: Vec<usize>) {
-        assert_eq!(sides.len(), self.nodes.len());
+    /// Nodes that joined after the sides were drawn are on side 0.
+    pub fn partition(&mut self, mut sides: Vec<usize>) {
+        assert!(sides.len() <= self.nodes.len());
+        sides.resize(self.nodes.len(), 0);
         self.sides = sides;
         self.stats.partitions += 1;
     }
@@ -502,7 +703,10 @@ impl Sim {
         self.keys.insert(request.key().to_vec());
         let op = self.history.start(client as u64, call, self.now);
         assert!(self.clients[client].waiting.is_none(), "client {client} has an op in flight");
-        self.clients[client].waiting = Some((op, node, request.key().to_vec()));
+        self.clients[client].submitted += 1;
+        let reference =
+            ClientRef(((client as u64) << 32) | (self.clients[client].submitted & 0xffff_ffff));
+        self.clients[client].waiting = Some((op, node, request.key().to_vec(), reference));
         // A client gives up long after any coordinator would have answered.
         let give_up = self.options.cluster.request_timeout * 4;
         self.schedule(give_up, Event::ClientGiveUp { client, op });
@@ -511,13 +715,13 @@ impl Sim {
             self.finish_client(client, Outcome::Failed { reason: "node down".into() });
             return op;
         }
-        let input = Input::Client { client: ClientRef(client as u64), request, forwarded: false };
+        let input = Input::Client { client: reference, request, forwarded: false };
         self.step(node, input);
         op
     }
 
     fn finish_client(&mut self, client: usize, outcome: Outcome) {
-        let Some((op, _, _)) = self.clients[client].waiting.take() else { return };
+        let Some((op, _, _, _)) = self.clients[client].waiting.take() else { return };
         self.outcomes.insert(op, outcome.clone());
         self.history.finish(op, outcome, self.now);
         self.clients[client].done += 1;
@@ -545,7 +749,7 @@ impl Sim {
                 }
                 Action::Send { op, to, request } => {
                     let to = self.index_of(to);
-                    self.send(node, to, Message::Request { op, request });
+                    self.send(node, to, Message::Request { op, epoch, request });
                 }
                 Action::Timer { op, at } => {
                     let delay = at.saturating_sub(self.now);
@@ -559,13 +763,15 @@ impl Sim {
     fn reply(&mut self, node: usize, client: ClientRef, reply: ClientReply) {
         if client.0 & PEER_CLIENT != 0 {
             let Some(running) = self.nodes[node].running.as_mut() else { return };
-            let Some((from, op)) = running.coordinating.remove(&client.0) else { return };
-            self.send(node, from, Message::Reply { op, reply: PeerReply::Coordinated(reply) });
+            let Some((from, op, epoch)) = running.coordinating.remove(&client.0) else { return };
+            let reply = PeerReply::Coordinated(reply);
+            self.send(node, from, Message::Reply { op, epoch, reply });
             return;
         }
-        let client = client.0 as usize;
-        let Some((_, at, key)) = &self.clients[client].waiting else { return };
-        if *at != node {
+        let reference = client;
+        let client = (client.0 >> 32) as usize;
+        let Some((_, at, key, waiting)) = &self.clients[client].waiting else { return };
+        if *at != node || *waiting != reference {
             return; // The client gave up on it.
         }
         let key = key.clone();
@@ -619,7 +825,34 @@ impl Sim {
             Event::Tick { node, epoch } => {
                 if self.nodes[node].epoch == epoch && self.nodes[node].running.is_some() {
                     self.step(node, Input::Tick);
+                    self.membership_upkeep(node);
                     self.schedule(TICK, Event::Tick { node, epoch });
+                }
+            }
+            Event::Gossip { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].running.is_some() {
+                    let mut out = Vec::new();
+                    let now = self.now;
+                    self.nodes[node].gossip.tick(now, &mut self.rng, &mut out);
+                    self.gossip_actions(node, out);
+                    let interval = self.options.gossip_interval;
+                    self.schedule(interval, Event::Gossip { node, epoch });
+                }
+            }
+            Event::Join { seed } => {
+                // An operator gives two seeds, so that one node removed
+                // while the new one still knows only its seeds does not
+                // strand it.
+                let members = self.members();
+                let other = members
+                    [(members.iter().position(|&m| m == seed).unwrap_or(0) + 1) % members.len()];
+                self.join_through(&[seed, other]);
+            }
+            Event::Leave { node } => self.leave(node),
+            Event::Remove { node } => {
+                let at = (0..self.nodes.len()).find(|&at| at != node && !self.has_left(at));
+                if let Some(at) = at {
+                    self.remove(node, at);
                 }
             }
             Event::ClientNext { client } => self.client_next(client),
@@ -643,32 +876,40 @@ impl Sim {
         }
         if self.nodes[to].running.is_none() {
             // A dead node's port refuses the connection: the sender hears.
-            if let Message::Request { op, .. } = message {
+            if let Message::Request { op, epoch, .. } = message {
                 let reply =
                     PeerReply::Failed { code: ErrorCode::Unavailable, message: "refused".into() };
-                self.send(to, from, Message::Reply { op, reply });
+                self.send(to, from, Message::Reply { op, epoch, reply });
             }
             return;
         }
         match message {
-            Message::Request { op, request: PeerRequest::Coordinate(request) } => {
+            Message::Gossip(message) => {
+                let mut out = Vec::new();
+                self.nodes[to].gossip.handle(message, &mut out);
+                self.gossip_actions(to, out);
+            }
+            Message::Request { op, epoch: asked, request: PeerRequest::Coordinate(request) } => {
                 let Some(running) = self.nodes[to].running.as_mut() else { return };
                 running.next_coordinating += 1;
                 let token = PEER_CLIENT | running.next_coordinating;
-                running.coordinating.insert(token, (from, op));
+                running.coordinating.insert(token, (from, op, asked));
                 self.step(to, Input::Client { client: ClientRef(token), request, forwarded: true });
             }
-            Message::Request { op, request: PeerRequest::Ping } => {
-                self.send(to, from, Message::Reply { op, reply: PeerReply::Pong });
+            Message::Request { op, epoch, request: PeerRequest::Ping } => {
+                self.send(to, from, Message::Reply { op, epoch, reply: PeerReply::Pong });
             }
-            Message::Request { op, request } => {
+            Message::Request { op, epoch: asked, request } => {
                 let delay =
                     self.random_delay(Duration::from_micros(20), Duration::from_micros(400));
                 let epoch = self.nodes[to].epoch;
-                let work = Work::Serve { from, op, request };
+                let work = Work::Serve { from, op, epoch: asked, request };
                 self.schedule(delay, Event::Disk { node: to, epoch, work });
             }
-            Message::Reply { op, reply } => {
+            Message::Reply { op, epoch, reply } => {
+                if self.nodes[to].epoch != epoch {
+                    return;
+                }
                 let from = self.nodes[from].id;
                 self.step(to, Input::Peer { op, from, reply });
             }
@@ -683,25 +924,22 @@ impl Sim {
                 let result = block_on(replica.apply(local));
                 self.step(node, Input::Local { op, result });
             }
-            Work::Serve { from, op, request } => {
-                let local = match request {
-                    PeerRequest::Read { partition, key } => LocalOp::Read { partition, key },
-                    PeerRequest::Write { partition, key, set, hint } => {
-                        LocalOp::Merge { partition, key, set, hint }
-                    }
-                    PeerRequest::Coordinate(_) | PeerRequest::Ping => {
-                        unreachable!("answered on delivery")
-                    }
+            Work::Serve { from, op, epoch, request } => {
+                let offer = match &request {
+                    PeerRequest::Offer { partition, .. } => Some(*partition),
+                    _ => None,
                 };
-                let reply = match block_on(replica.apply(local)) {
-                    LocalResult::Read(set) => PeerReply::Read(set),
-                    LocalResult::Merged => PeerReply::Written,
-                    LocalResult::Failed { code, message } => PeerReply::Failed { code, message },
-                    LocalResult::Written { .. } | LocalResult::Hints(_) => {
-                        unreachable!("peers never coordinate writes or list hints")
+                let reply = match (offer, request.into_local()) {
+                    (Some(partition), _) if !running.coordinator.replicates(partition) => {
+                        PeerReply::Failed {
+                            code: ErrorCode::BadRequest,
+                            message: "this node does not replicate the partition".into(),
+                        }
                     }
+                    (_, Some(local)) => PeerReply::from_local(block_on(replica.apply(local))),
+                    (_, None) => unreachable!("answered on delivery"),
                 };
-                self.send(node, from, Message::Reply { op, reply });
+                self.send(node, from, Message::Reply { op, epoch, reply });
             }
         }
     }
@@ -829,8 +1067,103 @@ impl Sim {
                 self.schedule(at + lasts, Event::Heal);
             }
         }
+        // Membership changes, likewise; never the last node standing.
+        let original = self.nodes.len();
+        for _ in 0..self.options.joins {
+            let seed = self.rng.random_range(0..original);
+            let at = self.random_delay(Duration::ZERO, span);
+            self.schedule(at, Event::Join { seed });
+        }
+        let mut chosen: Vec<usize> = (0..original).collect();
+        let changes = (self.options.leaves + self.options.removals).min(original.saturating_sub(1));
+        for change in 0..changes {
+            let node = chosen.swap_remove(self.rng.random_range(0..chosen.len()));
+            let at = self.random_delay(Duration::ZERO, span);
+            let event = if change < self.options.leaves {
+                Event::Leave { node }
+            } else {
+                Event::Remove { node }
+            };
+            self.schedule(at, event);
+        }
         self.run_to_quiescence();
         self.settle_and_check()
+    }
+
+    /// The nodes that are members (not left, not removed).
+    pub fn members(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&node| !self.has_left(node)).collect()
+    }
+
+    /// Whether membership has settled: every member runs, holds the same
+    /// gossip state with no ring change pending, no node asked to leave
+    /// is still handing over, and no node holds keys of partitions it does
+    /// not replicate.
+    pub fn membership_settled(&self) -> bool {
+        let running: Vec<&Running> =
+            self.nodes.iter().filter_map(|node| node.running.as_ref()).collect();
+        let members = self.members();
+        let Some(&first) = members.first() else { return true };
+        let fingerprint = self.nodes[first].gossip.fingerprint();
+        members.iter().all(|&node| {
+            let gossip = &self.nodes[node].gossip;
+            self.nodes[node].running.is_some()
+                && gossip.fingerprint() == fingerprint
+                && gossip.next_ring().is_none()
+                && gossip.status_of(self.nodes[node].id) != Some(MemberStatus::Leaving)
+        }) && running.iter().all(|running| {
+            let ring = running.coordinator.ring();
+            running
+                .replica
+                .data_partitions()
+                .iter()
+                .all(|&partition| ring.is_none_or(|_| running.coordinator.replicates(partition)))
+        })
+    }
+
+    /// One line per node: what it believes about membership, for a test
+    /// that failed to settle.
+    pub fn membership_report(&self) -> String {
+        let mut report = String::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            let gossip = &node.gossip;
+            let version = |ring: Option<Arc<Ring>>| ring.map_or(0, |ring| ring.version());
+            let record = gossip.record(node.id);
+            let foreign: Vec<u32> = node.running.as_ref().map_or(Vec::new(), |running| {
+                let held = running.replica.data_partitions();
+                held.into_iter().filter(|&p| !running.coordinator.replicates(p)).collect()
+            });
+            let stats = node.running.as_ref().map(|running| running.coordinator.stats());
+            report += &format!(
+                "node {index} (id {}): running {} removed {} status {:?} ready {:?} ring {} next {} \
+                 gainers {:?} fingerprint {:x} foreign {foreign:?} transfers waiting {:?} \
+                 partitions waiting {:?}\n",
+                node.id,
+                node.running.is_some(),
+                node.removed,
+                gossip.status_of(node.id),
+                record.map(|record| record.ready),
+                version(gossip.ring()),
+                version(gossip.next_ring()),
+                gossip.gainers(),
+                gossip.fingerprint(),
+                stats.map(|stats| stats.transfers_waiting),
+                stats.map(|stats| stats.partitions_waiting),
+            );
+        }
+        report
+    }
+
+    /// Runs until membership settles ([`membership_settled`](Self::membership_settled))
+    /// or `limit` of virtual time passed; true if it settled.
+    pub fn settle_membership(&mut self, limit: Duration) -> bool {
+        let until = self.now + limit;
+        while !self.membership_settled() && self.now < until {
+            let step = self.now + Duration::from_millis(50);
+            self.run_until(step);
+        }
+        self.run_to_quiescence();
+        self.membership_settled()
     }
 
     /// Heals everything, reads every key at R=N through a rotating node, and
@@ -848,13 +1181,29 @@ impl Sim {
             self.restart(node);
         }
         self.run_to_quiescence();
+        // Joins finish, leavers hand over and leave, removed nodes'
+        // partitions are copied again, and every node agrees on the ring.
+        let settled = self.settle_membership(Duration::from_secs(120));
+        assert!(
+            settled,
+            "membership did not settle two minutes after healing: {self:?}\n{}",
+            self.membership_report()
+        );
         // Every owner is back: the fallbacks hand over what they hold.
         let delivered = self.deliver_hints(Duration::from_secs(60));
         assert!(delivered, "hints still undelivered a minute after healing: {self:?}");
-        let n = self.options.cluster.n.min(self.nodes.len() as u8);
+        for node in 0..self.nodes.len() {
+            let Some(running) = self.nodes[node].running.as_ref() else { continue };
+            if self.has_left(node) {
+                let held = running.replica.data_partitions();
+                assert!(held.is_empty(), "node {node} left but holds partitions {held:?}");
+            }
+        }
+        let members = self.members();
+        let n = self.options.cluster.n.min(members.len() as u8);
         let keys: Vec<Vec<u8>> = self.keys.iter().cloned().collect();
         for (index, key) in keys.iter().enumerate() {
-            let node = index % self.nodes.len();
+            let node = members[index % members.len()];
             self.call(0, node, ClientRequest::Get { key: key.clone(), r: n });
             self.run_to_quiescence();
         }
@@ -883,4 +1232,8 @@ impl std::fmt::Debug for Sim {
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
+}
+
+fn gossip_options(options: &SimOptions) -> GossipOptions {
+    GossipOptions { interval: options.gossip_interval, replicas: usize::from(options.cluster.n) }
 }

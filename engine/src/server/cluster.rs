@@ -15,8 +15,16 @@
 //! answered by request id; when a link breaks, every request waiting on it
 //! is answered "failed" at once, so the coordinator never waits for a
 //! timeout to learn what the kernel already told us. The peer's accepting
-//! shard routes each request to the shard that owns its key, as it does a
+//! shard routes each request to the shard that owns its key (or, for the
+//! transfer requests `SCAN` and `OFFER`, its partition), as it does a
 //! client's.
+//!
+//! Rings: each tick the shard adopts the node's current and pending rings
+//! from the [`View`] shard 0's gossip publishes (`set_ring`,
+//! `set_next_ring`), and every [`STATS_EVERY`] it publishes, with its
+//! counters, the rings it holds and whether it has pulled everything it
+//! gains (`ready_for`), which is how shard 0 learns that the node is ready
+//! for a pending ring.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -34,14 +42,16 @@ use glommio::net::TcpStream;
 use holdfast_net::frame::{Frame, FrameDecoder, Kind};
 use holdfast_net::limits::REPLY_FRAME_BYTES_MAX_DEFAULT;
 use holdfast_net::message::{
-    Coordinate, DeleteRequest, ErrorCode, ErrorReply, GetRequest, HintedWrite, Ping, Pong,
-    PutRequest, ReplicaRead, ReplicaReadReply, ReplicaWrite, Reply, decode_dot, encode_message,
+    Coordinate, DeleteRequest, ErrorCode, ErrorReply, GetRequest, HintedWrite, OfferEntry,
+    OfferReply, OfferRequest, Ping, Pong, PutRequest, ReplicaRead, ReplicaReadReply, ReplicaWrite,
+    Reply, ScanReply, ScanRequest, decode_dot, encode_message,
 };
 use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::siblings::DecodeLimits;
 use holdfast_net::{SiblingSet, VersionVector};
 
 use super::connection::gather;
+use super::membership::{View, ViewCell};
 use super::shard::Shard;
 use crate::cluster::coordinator::{
     Action, ClientRef, ClientReply, ClientRequest, Coordinator, CoordinatorStats, Input, LocalOp,
@@ -56,18 +66,15 @@ const TIMER_TICK: Duration = Duration::from_millis(5);
 /// fails what waits on it).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The node's current ring, shared by its shards: written by the thread
-/// that forms (or later learns) the ring, read by each shard's watcher a
-/// few times a second. Never touched on the data path.
-pub(crate) type RingCell = Arc<Mutex<Option<Arc<Ring>>>>;
-
 /// Each shard's counters for `holdfast status`, indexed by shard: written
 /// by each shard about once a second, read by whichever shard answers a
 /// `Stats` request. Never touched on the data path.
 pub(crate) type StatsCell = Arc<Mutex<Vec<ShardStats>>>;
 
-/// How often a shard publishes its counters.
-const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often a shard publishes its counters. Shard 0 reads them to learn
+/// when the node is ready for a pending ring, so this is part of how long
+/// a membership change takes.
+const STATS_EVERY: Duration = Duration::from_millis(200);
 
 /// One shard's counters, as last published.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +82,13 @@ pub(crate) struct ShardStats {
     pub hinted_keys: u64,
     pub coordinator: CoordinatorStats,
     pub down: Vec<NodeId>,
+    /// The rings the shard routes by and pulls for, when it published.
+    pub ring: Option<Arc<Ring>>,
+    pub next: Option<Arc<Ring>>,
+    /// The pending ring version this shard has pulled everything for.
+    pub ready_for: Option<u64>,
+    /// Data partitions the shard's replica holds keys of.
+    pub data_partitions: u64,
 }
 
 /// A shard's coordinator and the state that drives it.
@@ -86,12 +100,12 @@ pub(crate) struct ClusterDriver {
     next_client: Cell<u64>,
     timers: RefCell<BTreeSet<(Duration, OpId)>>,
     links: RefCell<BTreeMap<NodeId, Rc<Link>>>,
-    ring: RingCell,
+    view: ViewCell,
     stats: StatsCell,
 }
 
 impl ClusterDriver {
-    pub fn new(coordinator: Coordinator, ring: RingCell, stats: StatsCell) -> ClusterDriver {
+    pub fn new(coordinator: Coordinator, view: ViewCell, stats: StatsCell) -> ClusterDriver {
         ClusterDriver {
             started: Instant::now(),
             coordinator: RefCell::new(coordinator),
@@ -99,7 +113,7 @@ impl ClusterDriver {
             next_client: Cell::new(1),
             timers: RefCell::new(BTreeSet::new()),
             links: RefCell::new(BTreeMap::new()),
-            ring,
+            view,
             stats,
         }
     }
@@ -113,30 +127,60 @@ impl ClusterDriver {
         self.coordinator.borrow().replicas(partition)
     }
 
+    /// Whether this node replicates `partition` in its current or pending
+    /// ring (what an offer must find true here).
+    pub fn replicates(&self, partition: u32) -> bool {
+        self.adopt_ring();
+        self.coordinator.borrow().replicates(partition)
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
 
-    /// Routes by the node's ring if it is newer than the coordinator's
-    /// (or the coordinator has none).
+    /// The node's membership as shard 0 last published it.
+    pub fn view(&self) -> View {
+        self.view.lock().map(|view| view.clone()).unwrap_or_default()
+    }
+
+    /// Routes by the node's ring, and pulls for its pending ring, if they
+    /// are not the ones the coordinator has.
     fn adopt_ring(&self) {
-        let current = self.ring.lock().ok().and_then(|ring| ring.clone());
+        let (current, next) = match self.view.lock() {
+            Ok(view) => (view.ring.clone(), view.next.clone()),
+            Err(_) => return,
+        };
         let Some(ring) = current else { return };
         let mut coordinator = self.coordinator.borrow_mut();
-        if coordinator.ring().is_none_or(|routed| routed.version() != ring.version()) {
+        if coordinator.ring().is_none_or(|routed| !Arc::ptr_eq(routed, &ring)) {
             coordinator.set_ring(ring);
         }
+        let pending = coordinator.next_ring().cloned();
+        let same = match (&pending, &next) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            coordinator.set_next_ring(next);
+        }
+    }
+
+    /// Every shard's counters, as last published, by shard.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.stats.lock().map(|stats| stats.clone()).unwrap_or_default()
     }
 
     /// The node's counters: every shard's, summed, and the peers any shard
     /// believes down.
     pub fn node_stats(&self) -> ShardStats {
-        let shards = self.stats.lock().map(|stats| stats.clone()).unwrap_or_default();
+        let shards = self.shard_stats();
         let mut total = ShardStats::default();
         for shard in shards {
             total.hinted_keys += shard.hinted_keys;
             total.coordinator += shard.coordinator;
             total.down.extend(shard.down);
+            total.data_partitions += shard.data_partitions;
         }
         total.down.sort_unstable();
         total.down.dedup();
@@ -257,6 +301,20 @@ impl Shard {
                 let frame = client_frame(&request);
                 (Kind::COORDINATE, encode_message(id, &Coordinate { frame }))
             }
+            PeerRequest::Scan { partition, after, keys, bytes } => {
+                let scan = ScanRequest {
+                    partition,
+                    resume: after.is_some(),
+                    after: after.unwrap_or_default(),
+                    keys: u32::try_from(keys).unwrap_or(u32::MAX),
+                    bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+                };
+                (Kind::SCAN, encode_message(id, &scan))
+            }
+            PeerRequest::Offer { partition, keys } => {
+                let keys = keys.into_iter().map(|(key, token)| OfferEntry { key, token }).collect();
+                (Kind::OFFER, encode_message(id, &OfferRequest { partition, keys }))
+            }
         };
         link.waiting.borrow_mut().insert(id, (op, kind));
         if link.outgoing.unbounded_send(frame).is_err() {
@@ -271,8 +329,16 @@ impl Shard {
         if let Some(link) = self.cluster.links.borrow().get(&node) {
             return Ok(link.clone());
         }
-        let ring = self.cluster.ring().ok_or_else(|| failed("no ring"))?;
-        let member = ring.member(node).ok_or_else(|| failed("the node is not in the ring"))?;
+        let (ring, next) = {
+            let coordinator = self.cluster.coordinator.borrow();
+            (coordinator.ring().cloned(), coordinator.next_ring().cloned())
+        };
+        let ring = ring.ok_or_else(|| failed("no ring"))?;
+        // A node of the pending ring only (a joiner) is reached too.
+        let member = ring
+            .member(node)
+            .or_else(|| next.as_deref().and_then(|next| next.member(node)))
+            .ok_or_else(|| failed("the node is not in the ring"))?;
         let addr: SocketAddr = member
             .addr
             .parse()
@@ -419,6 +485,10 @@ impl Shard {
             hinted_keys: self.replica.hinted_keys() as u64,
             coordinator: coordinator.stats(),
             down: coordinator.down(now),
+            ring: coordinator.ring().cloned(),
+            next: coordinator.next_ring().cloned(),
+            ready_for: coordinator.ready_for(),
+            data_partitions: self.replica.data_partitions().len() as u64,
         };
         if let Ok(mut shards) = self.cluster.stats.lock() {
             let index = self.id as usize;
@@ -472,12 +542,33 @@ fn peer_reply(kind: Kind, frame: &Frame, limits: DecodeLimits) -> PeerReply {
         Kind::COORDINATE => {
             Reply::decode(frame).map_err(|error| error.to_string()).and_then(coordinated)
         }
+        Kind::SCAN => frame
+            .decode::<ScanReply>()
+            .map_err(|error| error.to_string())
+            .and_then(|reply| scanned(reply, limits)),
+        Kind::OFFER => frame
+            .decode::<OfferReply>()
+            .map(|reply| PeerReply::Have(reply.have))
+            .map_err(|error| error.to_string()),
         other => Err(format!("no reply expected for {other}")),
     };
     decoded.unwrap_or_else(|why| PeerReply::Failed {
         code: ErrorCode::Internal,
         message: format!("a peer's reply: {why}"),
     })
+}
+
+/// A page a peer scanned, its sets decoded (each must be non-empty).
+fn scanned(reply: ScanReply, limits: DecodeLimits) -> Result<PeerReply, String> {
+    let mut entries = Vec::with_capacity(reply.entries.len());
+    for entry in reply.entries {
+        let set = decode_set(&entry.set, limits)?;
+        if set.is_empty() {
+            return Err("a scanned key without a set".into());
+        }
+        entries.push((entry.key, set));
+    }
+    Ok(PeerReply::Scanned { entries, more: reply.more })
 }
 
 /// The client reply a coordinating peer sent.

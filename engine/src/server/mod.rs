@@ -27,6 +27,13 @@
 //! Shards open their stores first and report their recovery; the node's
 //! identity (and whether its incarnation is bumped: see `identity`) is
 //! settled from those reports before any shard coordinates a write.
+//! Then the node's membership starts (`membership`): from its `membership`
+//! file if it has one, else by joining through its seeds (`join`), else
+//! by forming the first ring with its seeds (`seeds`). Shard 0 runs the
+//! node's gossip from then on; every shard routes by the ring gossip
+//! installs and pulls what it gains in the pending ring, and gossip and
+//! operators' membership requests (`ADMIN`) are served by shard 0.
+//!
 //! Shutdown (the `shutdown` flag, set by the binary on SIGTERM/SIGINT):
 //! every shard stops accepting and reading, finishes the requests in
 //! flight, answers them, closes its store (which syncs and seals it) and
@@ -34,6 +41,7 @@
 
 mod cluster;
 mod connection;
+mod membership;
 mod seeds;
 mod shard;
 mod wire;
@@ -79,6 +87,12 @@ pub struct ServerOptions {
     pub zone: String,
     /// N, R, W and the coordinator's timeouts.
     pub cluster: crate::cluster::ClusterOptions,
+    /// How often the node starts a gossip exchange.
+    pub gossip_interval: Duration,
+    /// Join a running cluster through `seeds` (gossip) instead of forming
+    /// the first ring with them. Ignored once the node has a `membership`
+    /// file: a restarted node rejoins as what it was.
+    pub join: bool,
 }
 
 impl ServerOptions {
@@ -99,6 +113,8 @@ impl ServerOptions {
             weight: 1,
             zone: String::new(),
             cluster: crate::cluster::ClusterOptions::default(),
+            gossip_interval: Duration::from_secs(1),
+            join: false,
         }
     }
 }
@@ -117,6 +133,8 @@ pub enum ServerError {
     DataDirInUse(PathBuf),
     #[error("the address {0} is taken by another process")]
     AddressInUse(SocketAddr),
+    #[error("membership: {0}")]
+    Membership(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -180,58 +198,132 @@ pub fn someone_listens_on(addr: SocketAddr) -> std::io::Result<bool> {
     }
 }
 
-/// Gives the shards their ring: at once for a node alone or one that kept
-/// its ring from an earlier run, otherwise once every seed has answered
-/// (on a thread of its own, while the shards already serve, so that seeds
-/// starting together can answer each other).
-fn start_ring(
+/// Starts the node's gossip (handed to shard 0 through `start`) and gives
+/// the shards their ring:
+///
+/// - a node with a `membership` file starts from it (and announces its
+///   restart);
+/// - a joining node starts from itself and its seeds, and gets its ring
+///   from gossip;
+/// - otherwise the node forms the first ring as before: at once for a node
+///   alone or one that kept its `ring` file from an earlier version,
+///   otherwise once every seed has answered (on a thread of its own, while
+///   the shards already serve, so that seeds starting together can answer
+///   each other); gossip then starts from that ring with every member up.
+fn start_membership(
     options: &ServerOptions,
     node: u64,
-    cell: cluster::RingCell,
+    view: membership::ViewCell,
+    start: membership::StartCell,
     shutdown: &Arc<AtomicBool>,
-) {
-    let me = holdfast_net::ring::Member {
-        id: node,
-        addr: options.listen.to_string(),
-        weight: options.weight,
-        zone: options.zone.clone(),
+) -> Result<(), ServerError> {
+    use crate::cluster::gossip::{Gossip, GossipOptions};
+
+    let me = membership::me(node, options);
+    let gossip_options = GossipOptions {
+        interval: options.gossip_interval,
+        replicas: usize::from(options.cluster.n),
     };
-    let publish = move |ring: holdfast_net::ring::Ring| {
+    let seeds: Vec<SocketAddr> =
+        options.seeds.iter().copied().filter(|seed| *seed != options.listen).collect();
+    let seed_addrs: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+    let hand_over = move |gossip: Gossip, start: &membership::StartCell| {
+        if let Ok(mut view) = view.lock() {
+            view.ring = gossip.ring();
+            view.next = gossip.next_ring();
+        }
+        if let Ok(mut slot) = start.lock() {
+            *slot = Some(gossip);
+        }
+    };
+    if let Some(state) = membership::load(&options.data_dir).map_err(ServerError::Membership)? {
+        if options.join {
+            tracing::info!(
+                "this node has a membership file: it rejoins as what it was (join is ignored)"
+            );
+        }
+        let mut gossip = Gossip::from_state(me, state, seed_addrs, gossip_options)
+            .map_err(|error| ServerError::Membership(error.to_string()))?;
+        gossip.restart(&mut Vec::new());
+        tracing::info!(
+            status = ?gossip.status_of(node),
+            ring = gossip.ring().map(|ring| ring.version()),
+            members = gossip.members().len(),
+            "membership restored"
+        );
+        hand_over(gossip, &start);
+        return Ok(());
+    }
+    if options.join {
+        if seeds.is_empty() {
+            return Err(ServerError::Options("join needs at least one seed".into()));
+        }
+        tracing::info!(seeds = ?seed_addrs, "joining a running cluster through its seeds");
+        hand_over(Gossip::new(me, seed_addrs, gossip_options), &start);
+        return Ok(());
+    }
+    let formed = move |ring: holdfast_net::ring::Ring| -> Result<Gossip, String> {
         tracing::info!(
             version = ring.version(),
             members = ring.members().len(),
             partitions = ring.partitions(),
             "ring ready"
         );
-        if let Ok(mut slot) = cell.lock() {
-            *slot = Some(Arc::new(ring));
-        }
+        let state = membership::formed_state(&ring)?;
+        Gossip::from_state(me, state, seed_addrs, gossip_options).map_err(|e| e.to_string())
     };
-    let seeds: Vec<SocketAddr> =
-        options.seeds.iter().copied().filter(|seed| *seed != options.listen).collect();
-    if seeds.is_empty() {
-        match holdfast_net::ring::Ring::new(options.partitions, vec![me], 1) {
-            Ok(ring) => publish(ring),
-            Err(error) => tracing::error!(%error, "a one-node ring could not be made"),
-        }
-        return;
-    }
-    if let Some(ring) = seeds::load(&options.data_dir, node) {
-        publish(ring);
-        return;
+    let first = if seeds.is_empty() {
+        Some(
+            holdfast_net::ring::Ring::new(
+                options.partitions,
+                vec![membership::me(node, options)],
+                1,
+            )
+            .map_err(|error| ServerError::Options(error.to_string()))?,
+        )
+    } else {
+        // A ring kept by an earlier version of holdfast.
+        seeds::load(&options.data_dir, node)
+    };
+    if let Some(ring) = first {
+        let gossip = formed(ring).map_err(ServerError::Membership)?;
+        membership::persist_state(&options.data_dir, gossip.state())?;
+        hand_over(gossip, &start);
+        return Ok(());
     }
     let (dir, partitions, shutdown) =
         (options.data_dir.clone(), options.partitions, shutdown.clone());
+    let forming_me = membership::me(node, options);
     let spawned = std::thread::Builder::new().name("ring-formation".into()).spawn(move || {
-        let Some(ring) = seeds::form(&me, &seeds, partitions, &shutdown) else { return };
-        if let Err(error) = seeds::persist(&dir, &ring) {
-            tracing::error!(%error, "the ring could not be persisted; it is formed again at restart");
+        let ring = match seeds::form(&forming_me, &seeds, partitions, &shutdown) {
+            None => return,
+            Some(seeds::Formed::Ring(ring)) => ring,
+            Some(seeds::Formed::Join) => {
+                // Joining needs the cluster's N, R and W, which this node
+                // was not started to learn: it stays without a ring (and
+                // says so to every request) rather than guess.
+                tracing::error!(
+                    "the seeds already run a cluster without this node, so it forms no ring \
+                     of its own and serves nothing: restart it with --join to join that \
+                     cluster (its data directory holds no membership yet)"
+                );
+                return;
+            }
+        };
+        match formed(ring) {
+            Ok(gossip) => {
+                if let Err(error) = membership::persist_state(&dir, gossip.state()) {
+                    tracing::error!(%error, "the membership could not be persisted");
+                }
+                hand_over(gossip, &start);
+            }
+            Err(error) => tracing::error!(%error, "the formed ring does not make a membership"),
         }
-        publish(ring);
     });
     if let Err(error) = spawned {
         tracing::error!(%error, "the ring-formation thread could not start");
     }
+    Ok(())
 }
 
 /// What a node reports once it stopped.
@@ -257,7 +349,11 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
     if options.weight == 0 {
         return Err(ServerError::Options("weight must be at least 1".into()));
     }
-    let ring: cluster::RingCell = Arc::new(std::sync::Mutex::new(None));
+    if options.gossip_interval.is_zero() {
+        return Err(ServerError::Options("the gossip interval must be above 0".into()));
+    }
+    let view: membership::ViewCell = Arc::default();
+    let start: membership::StartCell = Arc::default();
     let stats: cluster::StatsCell = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let shards = options.shards as usize;
@@ -282,8 +378,9 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
             recovered: recovered_tx.clone(),
             actor: actor_rx,
             shutdown: shutdown.clone(),
-            ring: ring.clone(),
+            view: view.clone(),
             stats: stats.clone(),
+            start: start.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{shard}"))
@@ -330,7 +427,13 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
     for tx in actor_txs {
         let _ = tx.send(actor);
     }
-    start_ring(&options, identity.node, ring, &shutdown);
+    if let Err(error) = start_membership(&options, identity.node, view, start, &shutdown) {
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        for handle in handles {
+            let _ = handle.join();
+        }
+        return Err(error);
+    }
     let mut report = ServerReport { recovery, requests: 0 };
     let mut failure = None;
     for (shard, handle) in handles.into_iter().enumerate() {

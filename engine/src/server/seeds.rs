@@ -10,9 +10,12 @@
 //! includes this node is taken at its word (that is how a node that lost
 //! its ring file rejoins).
 //!
-//! The ring is persisted in the data directory (`ring`, a checksummed
-//! frame), so a restarted node serves at once without waiting for its
-//! seeds. Gossip and membership changes replace this in the next version.
+//! This forms only a cluster's first ring. The ring is then gossip's
+//! (`membership.rs`): it is persisted with the rest of the membership in
+//! `membership`, so a restarted node serves at once without waiting for
+//! its seeds, and it changes when nodes join or leave. A `ring` file
+//! written by an earlier version (a checksummed frame) is still read, by a
+//! node that has no `membership` file yet.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -53,28 +56,26 @@ pub(crate) fn load(dir: &Path, id: u64) -> Option<Ring> {
     }
 }
 
-/// Writes `ring` to `dir` durably (write to a temporary name, sync, rename,
-/// sync the directory).
-pub(crate) fn persist(dir: &Path, ring: &Ring) -> std::io::Result<()> {
-    let reply = RingReply { node: 0, ring: ring.state(), n: 0, r: 0, w: 0 };
-    let bytes = encode_message(0, &reply);
-    let temporary = dir.join(format!("{RING_FILE}.new"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(RING_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+/// What forming found.
+#[derive(Debug)]
+pub(crate) enum Formed {
+    /// The first ring: one a seed already had with this node in it, or the
+    /// one computed from every member.
+    Ring(Ring),
+    /// A seed already routes by a ring without this node: the cluster is
+    /// running, and this node must join it (`join`) rather than make a
+    /// ring of its own.
+    Join,
 }
 
 /// Says hello to every seed until each has answered (or `shutdown` is
-/// set), and returns the ring: one a seed already had with this node in
-/// it, or the one computed from every member.
+/// set: `None`), and returns what it found.
 pub(crate) fn form(
     me: &Member,
     seeds: &[SocketAddr],
     partitions: u32,
     shutdown: &Arc<AtomicBool>,
-) -> Option<Ring> {
+) -> Option<Formed> {
     let mut members: Vec<Member> = vec![me.clone()];
     let mut pending: Vec<SocketAddr> = seeds.to_vec();
     let mut attempts = 0u64;
@@ -88,10 +89,17 @@ pub(crate) fn form(
                 Ok(reply) => {
                     if reply.ring.version > 0
                         && let Ok(ring) = Ring::from_state(reply.ring)
-                        && ring.contains(me.id)
                     {
-                        tracing::info!(%seed, version = ring.version(), "adopted a seed's ring");
-                        return Some(ring);
+                        if ring.contains(me.id) {
+                            tracing::info!(%seed, version = ring.version(), "adopted a seed's ring");
+                            return Some(Formed::Ring(ring));
+                        }
+                        tracing::info!(
+                            %seed,
+                            version = ring.version(),
+                            "a seed already runs a cluster without this node"
+                        );
+                        return Some(Formed::Join);
                     }
                     if reply.member.id == me.id {
                         tracing::warn!(%seed, "a seed has this node's id: it is this node");
@@ -115,7 +123,7 @@ pub(crate) fn form(
         }
     }
     match Ring::new(partitions, members, 1) {
-        Ok(ring) => Some(ring),
+        Ok(ring) => Some(Formed::Ring(ring)),
         Err(error) => {
             tracing::error!(%error, "the members do not make a ring");
             None

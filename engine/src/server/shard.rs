@@ -18,17 +18,32 @@ use glommio::{Latency, Shares};
 use holdfast_net::Actor;
 
 use holdfast_net::frame::{Frame, Kind};
-use holdfast_net::message::{ErrorCode, Request, RequestLimits};
+use holdfast_net::message::{AdminOp, ErrorCode, GossipPushReply, Request, RequestLimits};
 use holdfast_net::ring::Member;
 
 use super::ServerOptions;
-use super::cluster::{ClusterDriver, RingCell, StatsCell};
+use super::cluster::{ClusterDriver, StatsCell};
+use super::membership::{Membership, StartCell, ViewCell};
 use super::wire;
-use crate::cluster::coordinator::{ClientRequest, Coordinator};
+use crate::cluster::coordinator::{ClientRequest, Coordinator, PeerReply, PeerRequest};
 use crate::disk::dma::DmaDisk;
 use crate::partition::Partitioner;
 use crate::replica::{Replica, ReplicaError};
 use crate::store::{RecoveryReport, Store, SyncPolicy};
+
+/// The shard that runs the node's gossip.
+const GOSSIP_SHARD: u32 = 0;
+
+/// How long, beyond the request timeout, a request forwarded to another
+/// shard may still wait for its reply once this shard is shutting down
+/// (the other shard may have stopped). A coordinated request ends within
+/// the request timeout, so only a reply that will never come is given up
+/// on.
+const FORWARD_GRACE_AFTER_STOP: Duration = Duration::from_secs(1);
+
+/// Why a gossip or admin request is refused before gossip runs.
+const NO_GOSSIP: &str =
+    "this node runs no gossip yet (it is still forming its first ring from its seeds)";
 
 /// What crosses between shards: a request frame for the shard that owns
 /// its key, and the reply frame coming back. Both exactly as they travel on
@@ -48,10 +63,12 @@ pub(crate) struct ShardContext {
     pub recovered: mpsc::Sender<(u32, Result<RecoveryReport, String>)>,
     pub actor: mpsc::Receiver<Actor>,
     pub shutdown: Arc<AtomicBool>,
-    /// The node's ring, once formed.
-    pub ring: RingCell,
+    /// The node's rings (once it has one) and membership.
+    pub view: ViewCell,
     /// Every shard's counters.
     pub stats: StatsCell,
+    /// The gossip shard 0 runs, once the node has one.
+    pub start: StartCell,
 }
 
 /// A shard's state, shared by its tasks (all on one thread).
@@ -71,12 +88,24 @@ pub(crate) struct Shard {
     /// Requests being handled (for a graceful shutdown).
     pub in_flight: Cell<u64>,
     pub stopping: Watch,
+    /// The node's gossip: on shard 0 only, once it started.
+    membership: RefCell<Option<Rc<Membership>>>,
 }
 
 /// Runs a shard until shutdown. Returns the number of requests it served.
 pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
-    let ShardContext { id, partitioner, options, mesh, recovered, actor, shutdown, ring, stats } =
-        context;
+    let ShardContext {
+        id,
+        partitioner,
+        options,
+        mesh,
+        recovered,
+        actor,
+        shutdown,
+        view,
+        stats,
+        start,
+    } = context;
     // Join the mesh before anything can fail, so that no peer waits forever
     // for a shard that gave up.
     let mesh = match mesh {
@@ -111,19 +140,21 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         Some((senders, receivers)) => (Some(senders), Some(receivers)),
         None => (None, None),
     };
-    let coordinator = Coordinator::new(actor.node, options.cluster);
+    let mut coordinator = Coordinator::new(actor.node, options.cluster);
+    coordinator.set_shard(id, options.shards);
     let shard = Rc::new(Shard {
         id,
         partitioner,
         options: options.clone(),
         replica: Replica::new(store, actor),
-        cluster: ClusterDriver::new(coordinator, ring, stats),
+        cluster: ClusterDriver::new(coordinator, view.clone(), stats.clone()),
         peers,
         forwarded: RefCell::new(AHashMap::new()),
         next_token: Cell::new(1),
         requests: Cell::new(0),
         in_flight: Cell::new(0),
         stopping: Watch::default(),
+        membership: RefCell::new(None),
     });
 
     // The shutdown flag is set from a signal handler's thread; shards look
@@ -138,6 +169,9 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
     .detach();
 
     glommio::spawn_local(shard.clone().tick()).detach();
+    if id == GOSSIP_SHARD {
+        glommio::spawn_local(shard.clone().run_membership(start, view, stats)).detach();
+    }
 
     if let Some(mut receivers) = receivers {
         for (_, stream) in receivers.streams() {
@@ -247,6 +281,20 @@ impl Shard {
                 Err(reply) => return reply,
             }
         }
+        // Gossip and operators' membership changes are shard 0's, which
+        // runs the node's gossip.
+        if matches!(
+            request,
+            Request::GossipDigest(_) | Request::GossipPush(_) | Request::Admin { .. }
+        ) && self.id != GOSSIP_SHARD
+        {
+            if self.stopping.is_set() {
+                let message = "the node is shutting down";
+                return wire::error(request_id, ErrorCode::ShuttingDown, message);
+            }
+            drop(request);
+            return self.forward(GOSSIP_SHARD, frame.into_bytes(), request_id).await;
+        }
         let key = match &request {
             Request::Get { key, .. }
             | Request::Put { key, .. }
@@ -255,9 +303,31 @@ impl Shard {
             | Request::ReplicaRead { key, .. }
             | Request::ReplicaWrite { key, .. } => Some(*key),
             Request::Coordinate { .. } => coordinated.as_ref().map(|(_, request)| request.key()),
-            Request::Ping | Request::Ring | Request::Hello(_) | Request::Stats => None,
+            Request::Ping
+            | Request::Ring
+            | Request::Hello(_)
+            | Request::Stats
+            | Request::Admin { .. }
+            | Request::Scan { .. }
+            | Request::Offer { .. }
+            | Request::GossipDigest(_)
+            | Request::GossipPush(_) => None,
         };
-        let partition = key.map(|key| self.partitioner.partition_of(key));
+        // A transfer request names its partition rather than a key.
+        let partition = match &request {
+            Request::Scan { partition, .. } | Request::Offer { partition, .. } => {
+                if *partition >= self.partitioner.partitions() {
+                    let message = format!(
+                        "partition {partition} is beyond this node's {}: the nodes disagree on \
+                         the number of partitions",
+                        self.partitioner.partitions()
+                    );
+                    return wire::error(request_id, ErrorCode::BadRequest, &message);
+                }
+                Some(*partition)
+            }
+            _ => key.map(|key| self.partitioner.partition_of(key)),
+        };
         if let Some(partition) = partition {
             let owner = self.partitioner.shard_of(partition);
             if owner != self.id {
@@ -329,8 +399,104 @@ impl Shard {
                 wire::hello_reply(request_id, self.member(), ring.as_deref())
             }
             Request::Ping => wire::pong(request_id),
-            Request::Stats => {
-                wire::stats_reply(request_id, self.replica.actor().node, self.cluster.node_stats())
+            Request::Stats => wire::stats_reply(
+                request_id,
+                self.replica.actor().node,
+                self.cluster.node_stats(),
+                self.cluster.view(),
+            ),
+            Request::Scan { partition, after, keys, bytes } => {
+                let after = after.map(<[u8]>::to_vec);
+                let scan = PeerRequest::Scan { partition, after, keys, bytes };
+                self.serve_peer(request_id, scan).await
+            }
+            Request::Offer { partition, keys } => {
+                // Only a node that keeps the partition may take it over:
+                // two nodes whose rings differ must never hand a key to each
+                // other and both drop it.
+                if !self.cluster.replicates(partition) {
+                    let message = format!(
+                        "node {:016x} does not replicate partition {partition} in its rings",
+                        self.replica.actor().node
+                    );
+                    return wire::error(request_id, ErrorCode::NotReplica, &message);
+                }
+                self.serve_peer(request_id, PeerRequest::Offer { partition, keys }).await
+            }
+            Request::Admin { op, node } => {
+                let Some(membership) = self.membership() else {
+                    return wire::error(request_id, ErrorCode::Unavailable, NO_GOSSIP);
+                };
+                match membership.admin(op == AdminOp::Leave, node) {
+                    Ok((node, status, message)) => {
+                        wire::admin_reply(request_id, node, status, &message)
+                    }
+                    Err((code, message)) => wire::error(request_id, code, &message),
+                }
+            }
+            Request::GossipDigest(digest) => {
+                let Some(membership) = self.membership() else {
+                    return wire::error(request_id, ErrorCode::Unavailable, NO_GOSSIP);
+                };
+                match membership.on_digest(digest) {
+                    Ok(reply) => reply.to_frame(Kind::GOSSIP_REPLY, request_id),
+                    Err(message) => wire::error(request_id, ErrorCode::BadRequest, &message),
+                }
+            }
+            Request::GossipPush(push) => {
+                let Some(membership) = self.membership() else {
+                    return wire::error(request_id, ErrorCode::Unavailable, NO_GOSSIP);
+                };
+                membership.on_push(push);
+                holdfast_net::message::encode_message(request_id, &GossipPushReply {})
+            }
+        }
+    }
+
+    /// Serves a peer's transfer request on this shard's replica.
+    async fn serve_peer(&self, request_id: u64, request: PeerRequest) -> Vec<u8> {
+        let Some(local) = request.into_local() else {
+            return wire::error(request_id, ErrorCode::Internal, "not a replica operation");
+        };
+        match PeerReply::from_local(self.replica.apply(local).await) {
+            PeerReply::Scanned { entries, more } => wire::scan_reply(request_id, entries, more),
+            PeerReply::Have(have) => wire::offer_reply(request_id, have),
+            PeerReply::Failed { code, message } => wire::error(request_id, code, &message),
+            other => wire::error(request_id, ErrorCode::Internal, &format!("{other:?}")),
+        }
+    }
+
+    /// Shard 0's gossip, once it started.
+    fn membership(&self) -> Option<Rc<Membership>> {
+        self.membership.borrow().clone()
+    }
+
+    /// Shard 0: waits for the node's gossip, then ticks it until the shard
+    /// stops.
+    async fn run_membership(self: Rc<Self>, start: StartCell, view: ViewCell, stats: StatsCell) {
+        while !self.stopping.is_set() {
+            glommio::timer::sleep(super::membership::TICK).await;
+            if self.membership.borrow().is_none() {
+                let Some(gossip) = start.lock().ok().and_then(|mut slot| slot.take()) else {
+                    continue;
+                };
+                tracing::info!(
+                    status = ?gossip.status_of(gossip.id()),
+                    ring = gossip.ring().map(|ring| ring.version()),
+                    members = gossip.members().len(),
+                    "gossip started"
+                );
+                let membership = Membership::new(
+                    gossip,
+                    self.options.data_dir.clone(),
+                    view.clone(),
+                    stats.clone(),
+                    self.options.shards as usize,
+                );
+                *self.membership.borrow_mut() = Some(membership);
+            }
+            if let Some(membership) = self.membership() {
+                membership.tick();
             }
         }
     }
@@ -394,9 +560,27 @@ impl Shard {
             self.forwarded.borrow_mut().remove(&token);
             return wire::error(request_id, ErrorCode::Internal, "owning shard is gone");
         }
-        reply.await.unwrap_or_else(|_| {
-            wire::error(request_id, ErrorCode::Internal, "owning shard dropped the request")
-        })
+        // The owning shard may have stopped already when this shard is
+        // still finishing a request it read just before it saw the
+        // shutdown: then no reply comes, and waiting for one would keep
+        // this shard from ever stopping.
+        let replied = std::pin::pin!(reply);
+        let stopped = std::pin::pin!(async {
+            self.stopping.wait().await;
+            let grace = self.options.cluster.request_timeout + FORWARD_GRACE_AFTER_STOP;
+            glommio::timer::sleep(grace).await;
+        });
+        match futures::future::select(replied, stopped).await {
+            futures::future::Either::Left((Ok(frame), _)) => frame,
+            futures::future::Either::Left((Err(_), _)) => {
+                wire::error(request_id, ErrorCode::Internal, "owning shard dropped the request")
+            }
+            futures::future::Either::Right(_) => {
+                self.forwarded.borrow_mut().remove(&token);
+                let message = "the node is shutting down and the owning shard has stopped";
+                wire::error(request_id, ErrorCode::ShuttingDown, message)
+            }
+        }
     }
 
     /// Handles a message from another shard.

@@ -5,9 +5,12 @@
 
 use holdfast_net::SiblingSet;
 use holdfast_net::frame::Kind;
+use holdfast_net::limits::{SCAN_KEYS_MAX, SCAN_PAGE_BYTES_MAX};
+use holdfast_net::membership::MemberStatus;
 use holdfast_net::message::{
-    DeleteReply, ErrorCode, ErrorReply, GetReply, HelloReply, InspectReply, Pong, PutReply,
-    ReplicaReadReply, ReplicaWriteReply, RingReply, encode_dot, encode_message,
+    AdminReply, DeleteReply, ErrorCode, ErrorReply, GetReply, HelloReply, InspectReply, OfferReply,
+    Pong, PutReply, ReplicaReadReply, ReplicaWriteReply, RingReply, STATUS_UNKNOWN, ScanEntry,
+    ScanReply, encode_dot, encode_message,
 };
 use holdfast_net::ring::{Member, NodeId, Ring};
 
@@ -97,14 +100,68 @@ pub(crate) fn stats_reply(
     request_id: u64,
     node: NodeId,
     stats: super::cluster::ShardStats,
+    view: super::membership::View,
 ) -> Vec<u8> {
+    let transfers = stats.coordinator;
     let reply = holdfast_net::message::StatsReply {
         node,
         hinted_keys: stats.hinted_keys,
-        hints_waiting: stats.coordinator.hints_waiting,
-        hints_delivered: stats.coordinator.hints_delivered,
-        hinted_writes: stats.coordinator.hinted_writes,
+        hints_waiting: transfers.hints_waiting,
+        hints_delivered: transfers.hints_delivered,
+        hinted_writes: transfers.hinted_writes,
         down: stats.down,
+        status: view.status.map_or(STATUS_UNKNOWN, MemberStatus::as_u8),
+        ring_version: view.ring.as_ref().map_or(0, |ring| ring.version()),
+        next_version: view.next.as_ref().map_or(0, |next| next.version()),
+        transfers_waiting: transfers.transfers_waiting,
+        partitions_pulled: transfers.partitions_pulled,
+        keys_pulled: transfers.keys_pulled,
+        bytes_pulled: transfers.bytes_pulled,
+        keys_handed_off: transfers.keys_handed_off,
+        bytes_handed_off: transfers.bytes_handed_off,
+        keys_removed: transfers.keys_removed,
+        partitions_waiting: transfers.partitions_waiting,
+        data_partitions: stats.data_partitions,
+        members: view.members,
     };
     encode_message(request_id, &reply)
+}
+
+pub(crate) fn admin_reply(
+    request_id: u64,
+    node: NodeId,
+    status: MemberStatus,
+    message: &str,
+) -> Vec<u8> {
+    let reply = AdminReply { node, status: status.as_u8(), message: message.to_owned() };
+    encode_message(request_id, &reply)
+}
+
+/// A scanned page as its reply: entries in order while the reply stays
+/// within [`SCAN_PAGE_BYTES_MAX`] (the first always goes), `more` set if
+/// any were left out.
+pub(crate) fn scan_reply(
+    request_id: u64,
+    entries: Vec<(Vec<u8>, SiblingSet)>,
+    mut more: bool,
+) -> Vec<u8> {
+    let mut page = Vec::with_capacity(entries.len());
+    let mut bytes = 0;
+    let count = entries.len();
+    for (key, set) in entries.into_iter().take(SCAN_KEYS_MAX) {
+        let set = set.encode();
+        let size = key.len() + set.len();
+        if !page.is_empty() && bytes + size > SCAN_PAGE_BYTES_MAX {
+            more = true;
+            break;
+        }
+        bytes += size;
+        page.push(ScanEntry { key, set });
+    }
+    more |= page.len() < count;
+    encode_message(request_id, &ScanReply { entries: page, more })
+}
+
+pub(crate) fn offer_reply(request_id: u64, have: Vec<bool>) -> Vec<u8> {
+    encode_message(request_id, &OfferReply { have })
 }

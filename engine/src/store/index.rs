@@ -125,6 +125,18 @@ impl Index {
         partitions
     }
 
+    /// The partitions holding at least one value (not only removals),
+    /// sorted.
+    pub fn live_partitions(&self) -> Vec<u32> {
+        let live = |keys: &&AHashMap<Box<[u8]>, Location>| {
+            keys.values().any(|location| location.kind == RecordKind::Put)
+        };
+        let mut partitions: Vec<u32> =
+            self.partitions.iter().filter(|(_, keys)| live(keys)).map(|(&p, _)| p).collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
     /// Keys of `partition` holding a value, counted without copying them.
     pub fn live_keys_in(&self, partition: u32) -> usize {
         let Some(keys) = self.partitions.get(&partition) else { return 0 };

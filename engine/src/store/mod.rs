@@ -909,6 +909,11 @@ impl<D: Disk> Store<D> {
         self.inner.borrow().index.partitions()
     }
 
+    /// The partitions holding at least one value, ascending.
+    pub fn live_partitions(&self) -> Vec<u32> {
+        self.inner.borrow().index.live_partitions()
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> StoreStats {
         self.inner.borrow().stats.clone()

@@ -31,11 +31,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    ClientCore, ClientError, Context, CoreOptions, GetResult, Inspected, ReadOptions, RequestId,
-    Response, RingInfo, Router, WriteOptions, Written,
+    AdminOutcome, ClientCore, ClientError, Context, CoreOptions, GetResult, Inspected, ReadOptions,
+    RequestId, Response, RingInfo, Router, WriteOptions, Written,
 };
 use crate::limits::{IN_FLIGHT_MAX_DEFAULT, REPLY_FRAME_BYTES_MAX_DEFAULT};
-use crate::message::StatsReply;
+use crate::message::{AdminOp, StatsReply};
+use crate::ring::NodeId;
 
 /// Configuration of a [`Client`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +144,14 @@ pub enum Operation {
     Ring,
     /// Ask the node for its hints and the peers it believes down.
     Stats,
+    /// An operator's membership change of `node` (0: the node asked),
+    /// made at the node asked (never routed).
+    Admin {
+        /// What to do.
+        op: AdminOp,
+        /// The node to change.
+        node: NodeId,
+    },
     /// Read the node's own replica of a key (never routed: it goes to a
     /// seed, whose replica it reads).
     Inspect {
@@ -158,7 +167,9 @@ impl Operation {
         match self {
             Operation::Get { .. } | Operation::Ping | Operation::Ring => true,
             Operation::Inspect { .. } | Operation::Stats => true,
-            Operation::Put { .. } | Operation::Delete { .. } => false,
+            // Setting a status twice sets it once more at a new version:
+            // harmless, but not what was asked; never retried.
+            Operation::Put { .. } | Operation::Delete { .. } | Operation::Admin { .. } => false,
         }
     }
 
@@ -168,7 +179,7 @@ impl Operation {
             Operation::Get { key, .. } | Operation::Put { key, .. } => Some(key),
             Operation::Delete { key, .. } => Some(key),
             Operation::Ping | Operation::Ring | Operation::Inspect { .. } => None,
-            Operation::Stats => None,
+            Operation::Stats | Operation::Admin { .. } => None,
         }
     }
 }
@@ -453,6 +464,29 @@ impl Client {
         match self.call(&Operation::Stats)? {
             Response::Stats(stats) => Ok(stats),
             other => unreachable!("a stats request completed as {other:?}"),
+        }
+    }
+
+    /// Asks a seed to mark `node` (0: the seed itself) `Leaving`: a ring
+    /// without it is proposed, its partitions move to their new owners,
+    /// and once it holds nothing it marks itself `Left`. Never routed: to
+    /// ask one node, connect a client to just its address. Never retried.
+    pub fn admin_leave(&self, node: NodeId) -> Result<AdminOutcome, ClientError> {
+        self.admin(AdminOp::Leave, node)
+    }
+
+    /// Asks a seed to mark `node` `Left` at once (a node that is dead or
+    /// never coming back): its partitions are re-replicated from the
+    /// surviving replicas. A node cannot remove itself (it leaves). Never
+    /// routed, never retried.
+    pub fn admin_remove(&self, node: NodeId) -> Result<AdminOutcome, ClientError> {
+        self.admin(AdminOp::Remove, node)
+    }
+
+    fn admin(&self, op: AdminOp, node: NodeId) -> Result<AdminOutcome, ClientError> {
+        match self.call(&Operation::Admin { op, node })? {
+            Response::Admin(outcome) => Ok(outcome),
+            other => unreachable!("an admin request completed as {other:?}"),
         }
     }
 
@@ -947,6 +981,7 @@ impl Connection {
             Operation::Ring => self.core.start_ring(now),
             Operation::Inspect { key } => self.core.start_inspect(now, key),
             Operation::Stats => self.core.start_stats(now),
+            Operation::Admin { op, node } => self.core.start_admin(now, *op, *node),
         }
     }
 

@@ -150,6 +150,7 @@ use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{FrameError, Kind};
 #[cfg(doc)]
 use crate::limits::CONTEXT_BYTES_MAX;
+use crate::membership::MemberStatus;
 use crate::message::{ErrorCode, MessageError, StatsReply};
 use crate::ring::{NodeId, Ring};
 use crate::siblings::SiblingSet;
@@ -279,6 +280,21 @@ pub enum Response {
     Inspect(Inspected),
     /// One node's hints and opinion of its peers.
     Stats(StatsReply),
+    /// What an operator's membership change did.
+    Admin(AdminOutcome),
+}
+
+/// What an operator's membership change ([`Client::admin_leave`],
+/// [`Client::admin_remove`]) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminOutcome {
+    /// The node changed.
+    pub node: NodeId,
+    /// Its status now, as the node that made the change holds it (`None`
+    /// for a status this build does not know).
+    pub status: Option<MemberStatus>,
+    /// What happens next, in the node's words.
+    pub message: String,
 }
 
 /// A node's ring and the cluster's replication settings: what a client

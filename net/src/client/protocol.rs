@@ -25,16 +25,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{
-    ClientError, Context, GetResult, Inspected, ReadOptions, Response, RingInfo, WriteOptions,
-    Written,
+    AdminOutcome, ClientError, Context, GetResult, Inspected, ReadOptions, Response, RingInfo,
+    WriteOptions, Written,
 };
 use crate::frame::{Frame, FrameDecoder, Kind};
 use crate::limits::{
     IN_FLIGHT_MAX_DEFAULT, KEY_BYTES_MAX, REPLY_FRAME_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX,
 };
+use crate::membership::MemberStatus;
 use crate::message::{
-    DeleteRequest, GetRequest, InspectReply, InspectRequest, MessageError, Ping, PutRequest, Reply,
-    RingReply, RingRequest, StatsRequest, decode_dot, encode_message_into,
+    AdminOp, AdminRequest, DeleteRequest, GetRequest, InspectReply, InspectRequest, MessageError,
+    Ping, PutRequest, Reply, RingReply, RingRequest, StatsRequest, decode_dot, encode_message_into,
 };
 use crate::ring::Ring;
 use crate::siblings::{DecodeLimits, SiblingSet};
@@ -92,6 +93,7 @@ enum Started {
     Ring,
     Inspect,
     Stats,
+    Admin,
 }
 
 impl Started {
@@ -105,6 +107,7 @@ impl Started {
             Started::Ring => Kind::RING,
             Started::Inspect => Kind::INSPECT,
             Started::Stats => Kind::STATS,
+            Started::Admin => Kind::ADMIN,
         }
     }
 }
@@ -225,6 +228,19 @@ impl ClientCore {
     pub fn start_stats(&mut self, now: Instant) -> Result<RequestId, ClientError> {
         self.admit(&[], &[])?;
         Ok(self.send(now, |out, id| encode_message_into(out, id, &StatsRequest {}), Started::Stats))
+    }
+
+    /// Starts an operator's membership change of `node` (0: the receiving
+    /// node itself), made at the receiving node.
+    pub fn start_admin(
+        &mut self,
+        now: Instant,
+        op: AdminOp,
+        node: u64,
+    ) -> Result<RequestId, ClientError> {
+        self.admit(&[], &[])?;
+        let request = AdminRequest { op: op.as_u8(), node };
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Admin))
     }
 
     /// Starts a read of the node's own replica of `key`, without
@@ -458,6 +474,14 @@ fn complete(started: Started, frame: &Frame) -> Result<Response, ClientError> {
         },
         Started::Stats => match reply {
             Reply::Stats(reply) => Ok(Response::Stats(reply)),
+            other => Err(unexpected(other)),
+        },
+        Started::Admin => match reply {
+            Reply::Admin(reply) => Ok(Response::Admin(AdminOutcome {
+                node: reply.node,
+                status: MemberStatus::from_u8(reply.status),
+                message: reply.message,
+            })),
             other => Err(unexpected(other)),
         },
     }
