@@ -19,10 +19,10 @@
 
 mod support;
 
-use std::io;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use holdfast_net::client::{Batch, Client, ClientOptions, Operation, Response};
@@ -30,7 +30,8 @@ use holdfast_net::membership::MemberStatus;
 use holdfast_net::message::StatsReply;
 use holdfast_net::ring::{NodeId, Ring};
 use serde_json::Value;
-use support::{Cluster, HOLDFAST, explain, free_ports, holdfast, stdout};
+use support::load::{Phase, assert_all_readable, finish, write_load};
+use support::{Cluster, Node, explain, free_ports, holdfast, stdout};
 
 const KEYS: usize = 2000;
 const N: usize = 2;
@@ -43,35 +44,6 @@ fn key(i: usize) -> String {
 
 fn value(i: usize) -> String {
     format!("value-{i:05}-{}", "x".repeat(100))
-}
-
-/// A `holdfast serve` process started by the test itself, killed when
-/// dropped, and by the kernel if the test's thread ends first.
-struct Node(Child);
-
-impl Node {
-    fn spawn(args: &[String], log: std::fs::File) -> Node {
-        let mut command = Command::new(HOLDFAST);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        // SAFETY: runs in the forked child before `exec`; `prctl` is
-        // async-signal-safe and nothing here allocates.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Node(command.spawn().unwrap())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A client of the one node at `addr` (which may not listen yet).
@@ -183,12 +155,48 @@ fn check_every_key(addrs: &[SocketAddr], ring: &Ring) -> u64 {
     set_bytes / N as u64
 }
 
+/// Starts a node with `--join --seeds (node 0)` and `shards` shards; its
+/// process, address and log file.
+fn join(cluster: &Cluster, config: &str, shards: &str) -> (Node, SocketAddr, PathBuf) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_ports(1)).into();
+    let log = cluster.dir().join("logs").join("joiner.log");
+    let data = cluster.dir().join("holdfast-data/joiner");
+    let seed = cluster.addr(0).to_string();
+    let listen = addr.to_string();
+    let args: Vec<String> = [
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--seeds",
+        &seed,
+        "--join",
+        "--pin",
+        "false",
+        "--shards",
+        shards,
+        "--config",
+        config,
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    let node = Node::spawn(&args, std::fs::File::create(&log).unwrap());
+    (node, addr, log)
+}
+
+/// A config file setting a fast gossip interval, in `dir`.
+fn gossip_config(dir: &Path) -> String {
+    let config = dir.join("membership.toml");
+    std::fs::write(&config, "gossip_interval_ms = 200\n").unwrap();
+    config.to_str().unwrap().to_owned()
+}
+
 #[test]
 fn a_node_joins_and_another_leaves_and_every_key_stays_readable() {
     let config_dir = tempfile::tempdir().unwrap();
-    let config = config_dir.path().join("membership.toml");
-    std::fs::write(&config, "gossip_interval_ms = 200\n").unwrap();
-    let config = config.to_str().unwrap().to_owned();
+    let config = gossip_config(config_dir.path());
     let cluster = Cluster::serve(
         3,
         &["--n", "2", "--r", "1", "--w", "2", "--shards", "2", "--config", &config],
@@ -204,29 +212,8 @@ fn a_node_joins_and_another_leaves_and_every_key_stays_readable() {
     let before = wait("the first ring", || cluster.logs(), || settled(cluster.addrs(), &[]));
 
     // A fourth node joins through node 0.
-    let joiner: SocketAddr = ([127, 0, 0, 1], free_ports(1)).into();
-    let joiner_log = cluster.dir().join("logs").join("joiner.log");
-    let args: Vec<String> = [
-        "serve",
-        "--data-dir",
-        cluster.dir().join("holdfast-data/joiner").to_str().unwrap(),
-        "--listen",
-        &joiner.to_string(),
-        "--seeds",
-        &cluster.addr(0).to_string(),
-        "--join",
-        "--pin",
-        "false",
-        "--shards",
-        "2",
-        "--config",
-        &config,
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
     let started = Instant::now();
-    let _joiner = Node::spawn(&args, std::fs::File::create(&joiner_log).unwrap());
+    let (_joiner, joiner, joiner_log) = join(&cluster, &config, "2");
     let mut four = cluster.addrs().to_vec();
     four.push(joiner);
     let logs = || {
@@ -310,4 +297,91 @@ fn a_node_joins_and_another_leaves_and_every_key_stays_readable() {
         if shown { Ok(json) } else { Err(json.to_string()) }
     });
     assert_eq!(json["ring"]["members"].as_array().map(Vec::len), Some(3), "{json}");
+}
+
+/// The issue's scenario: a five-node cluster (N=3, R=2, W=2) under a
+/// steady write load takes a sixth node, then one of the five leaves;
+/// writes keep succeeding throughout, and every acknowledged write is read
+/// back at the end. Prints availability and latency per phase, and what
+/// the join moved against the ideal (the new node's 3/6 share of the
+/// keys).
+#[test]
+fn a_sixth_node_joins_and_one_leaves_under_write_load_and_no_acknowledged_write_is_lost() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = gossip_config(config_dir.path());
+    let cluster = Cluster::serve(5, &["--config", &config]);
+    wait("the first ring", || cluster.logs(), || settled(cluster.addrs(), &[]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let writers = write_load(&cluster, stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+
+    let joining = Instant::now();
+    let (_joiner, joiner, joiner_log) = join(&cluster, &config, "1");
+    let logs = || {
+        let joiner = std::fs::read_to_string(&joiner_log).unwrap_or_default();
+        format!("{}--- joiner.log\n{joiner}", cluster.logs())
+    };
+    let mut six = cluster.addrs().to_vec();
+    six.push(joiner);
+    let joined_ring = wait("the join", logs, || settled(&six, &[]));
+    let joined = Instant::now();
+    assert_eq!(joined_ring.members().len(), 6);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let leaving = Instant::now();
+    let leaver = stats(cluster.addr(1)).unwrap().node;
+    let output = holdfast(&["admin", "leave", "--addr", &cluster.addr(1).to_string()]);
+    assert!(output.status.success(), "{}", explain(&output));
+    let five: Vec<SocketAddr> = six.iter().copied().filter(|a| *a != cluster.addr(1)).collect();
+    wait("the leave", logs, || {
+        settled(&five, &[leaver])?;
+        let gone = stats(cluster.addr(1))?;
+        if gone.status != MemberStatus::Left.as_u8() || gone.data_partitions != 0 {
+            return Err(format!(
+                "the leaver is {} with {} partitions",
+                gone.status, gone.data_partitions
+            ));
+        }
+        Ok(())
+    });
+    let left = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let writes = finish(writers);
+    let ended = Instant::now();
+
+    let phases = [
+        Phase::of("before", &writes, started, joining),
+        Phase::of("joining", &writes, joining, joined),
+        Phase::of("joined", &writes, joined, leaving),
+        Phase::of("leaving", &writes, leaving, left),
+        Phase::of("after", &writes, left, ended),
+    ];
+    for phase in &phases {
+        println!("membership {}", phase.report());
+    }
+    let errors: Vec<&str> = writes.iter().filter_map(|w| w.error.as_deref()).collect();
+    println!("membership errors retried or failed: {errors:?}");
+    let pulled = stats(joiner).unwrap();
+    let before_join = writes.iter().filter(|w| w.ok && w.started < joined).count();
+    let ideal = before_join as f64 * 3.0 / 6.0;
+    println!(
+        "membership join: {:.2?} from start to the new ring; the new node pulled {} keys \
+         ({} bytes) in {} partitions; ideal about {ideal:.0} keys (3/6 of the {before_join} \
+         acknowledged by then): {:.2}x; it holds {} data partitions",
+        joined - joining,
+        pulled.keys_pulled,
+        pulled.bytes_pulled,
+        pulled.partitions_pulled,
+        pulled.keys_pulled as f64 / ideal.max(1.0),
+        pulled.data_partitions,
+    );
+    println!("membership leave: {:.2?} from `admin leave` to Left", left - leaving);
+    for phase in &phases {
+        assert!(phase.writes > 0, "{}: no writes", phase.name);
+        assert_eq!(phase.succeeded, phase.writes, "{}: a write failed twice", phase.name);
+    }
+    assert!(pulled.keys_pulled > 0, "the new node pulled nothing: {pulled:?}");
+    assert_all_readable(&cluster, &writes);
 }

@@ -59,7 +59,7 @@ pub enum ReplicaError {
     /// bug or a format mismatch, never served as data.
     #[error("stored sibling set does not decode: {0}")]
     Stored(DecodeError),
-    /// A record the replica keeps for itself (a dot floor) is damaged; the
+    /// A record the replica keeps for itself (an actor epoch) is damaged; the
     /// operation that needed it is refused rather than guessed at.
     #[error("{0}")]
     Metadata(String),
@@ -102,8 +102,8 @@ pub struct Replica<D: Disk> {
     /// The newest queued, not yet durable set of each key being written,
     /// and how many writes of it are in flight.
     pending: RefCell<QueuedSets>,
-    /// Dot floors by partition, as read from the store (see `remove`).
-    floors: RefCell<AHashMap<u32, u64>>,
+    /// Actor epochs by partition, as read from the store (see `remove`).
+    epochs: RefCell<AHashMap<u32, u32>>,
 }
 
 impl<D: Disk> Replica<D> {
@@ -118,7 +118,7 @@ impl<D: Disk> Replica<D> {
             limits: DecodeLimits { value_bytes_max },
             latches: RefCell::new(AHashMap::new()),
             pending: RefCell::new(AHashMap::new()),
-            floors: RefCell::new(AHashMap::new()),
+            epochs: RefCell::new(AHashMap::new()),
         }
     }
 
@@ -154,14 +154,13 @@ impl<D: Disk> Replica<D> {
         context: &VersionVector,
         value: Option<Vec<u8>>,
     ) -> Result<(SiblingSet, Dot), ReplicaError> {
-        let actor = self.actor;
-        let floor = self.floor(partition).await?;
+        let epoch = self.epoch(partition).await?;
         let (set, dot) = self
             .update(partition, key, |set| {
                 // Read again under the key's latch: a removal of this key
-                // may have raised the floor while the write waited for it.
-                let floor = self.floors.borrow().get(&partition).copied().unwrap_or(floor);
-                Ok(Some(set.write_above(actor, context, value, floor)?))
+                // may have moved the epoch on while the write waited.
+                let epoch = self.epochs.borrow().get(&partition).copied().unwrap_or(epoch);
+                Ok(Some(set.write(self.actor_in(epoch)?, context, value)?))
             })
             .await?;
         Ok((set, dot.expect("a write always changes the set")))
@@ -383,25 +382,34 @@ impl<D: Disk> Replica<D> {
         Ok((set, outcome))
     }
 
-    /// The dot floor of `partition`: above every counter of this node's
-    /// actor in sets removed from it.
-    async fn floor(&self, partition: u32) -> Result<u64, ReplicaError> {
-        if let Some(&floor) = self.floors.borrow().get(&partition) {
-            return Ok(floor);
+    /// The actor this replica writes keys of a partition at `epoch` as:
+    /// its incarnation moved on by the epoch.
+    fn actor_in(&self, epoch: u32) -> Result<Actor, ReplicaError> {
+        let incarnation =
+            self.actor.incarnation.checked_add(epoch).ok_or_else(|| {
+                ReplicaError::Metadata("the actor's incarnation is exhausted".into())
+            })?;
+        Ok(Actor::new(self.actor.node, incarnation))
+    }
+
+    /// The actor epoch of `partition` (see `remove`).
+    async fn epoch(&self, partition: u32) -> Result<u32, ReplicaError> {
+        if let Some(&epoch) = self.epochs.borrow().get(&partition) {
+            return Ok(epoch);
         }
-        let stored = self.store.get(FLOOR_SPACE, &partition.to_be_bytes()).await?;
-        let floor = match stored.as_deref().map(<[u8; 8]>::try_from) {
-            Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+        let stored = self.store.get(EPOCH_SPACE, &partition.to_be_bytes()).await?;
+        let epoch = match stored.as_deref().map(<[u8; 4]>::try_from) {
+            Some(Ok(bytes)) => u32::from_be_bytes(bytes),
             Some(Err(_)) => {
-                // Unreadable: no floor is safe, so refuse to guess low.
+                // Unreadable: an old epoch could reissue dots, so refuse.
                 return Err(ReplicaError::Metadata(format!(
-                    "partition {partition}'s dot floor record does not decode"
+                    "partition {partition}'s actor epoch record does not decode"
                 )));
             }
             None => 0,
         };
-        self.floors.borrow_mut().insert(partition, floor);
-        Ok(floor)
+        self.epochs.borrow_mut().insert(partition, epoch);
+        Ok(epoch)
     }
 
     /// Up to `keys` keys of `partition` after `after`, with their sets,
@@ -478,10 +486,17 @@ impl<D: Disk> Replica<D> {
     }
 
     /// Removes each key whose set still has its token (the rest changed
-    /// since they were handed off, and wait for the next sweep). Before a
-    /// key goes, the partition's dot floor is raised, durably, to the
-    /// highest counter of this node's actor the set carried: a later write
-    /// of the key here must never issue a dot it issued before.
+    /// since they were handed off, and wait for the next sweep).
+    ///
+    /// A replica that forgets a key it wrote must never write it again as
+    /// the same actor: its next dot would repeat one it issued, and its new
+    /// version would lack the old ones, so a context covering the new dot
+    /// would claim versions its reader never saw (a per-actor maximum
+    /// stands for "saw them all"). So before a key that mentions the
+    /// partition's current actor goes, the partition's actor epoch moves
+    /// on, durably: later writes there are made by a fresh actor (the
+    /// incarnation plus the epoch). Clocks grow by one entry per such
+    /// epoch, for keys this node writes afterwards.
     pub async fn remove(
         &self,
         partition: u32,
@@ -496,11 +511,14 @@ impl<D: Disk> Replica<D> {
             if set.is_empty() || token(&set) != *wanted {
                 continue;
             }
-            let counter = set.highest_counter(self.actor);
-            if counter > self.floor(partition).await? {
-                let floor = counter.to_be_bytes();
-                self.store.put(FLOOR_SPACE, &partition.to_be_bytes(), &floor).await?;
-                self.floors.borrow_mut().insert(partition, counter);
+            let epoch = self.epoch(partition).await?;
+            if set.highest_counter(self.actor_in(epoch)?) > 0 {
+                let next = epoch.checked_add(1).ok_or_else(|| {
+                    ReplicaError::Metadata(format!("partition {partition}'s epochs are exhausted"))
+                })?;
+                let bytes = next.to_be_bytes();
+                self.store.put(EPOCH_SPACE, &partition.to_be_bytes(), &bytes).await?;
+                self.epochs.borrow_mut().insert(partition, next);
             }
             self.store.remove(partition, key).await?;
         }
@@ -587,9 +605,9 @@ pub const META_PARTITION_BIT: u32 = 1 << 30;
 /// Pull progress records: key the partition (big-endian), value the base
 /// ring version (big-endian), a done byte and the cursor key.
 const PROGRESS_SPACE: u32 = META_PARTITION_BIT;
-/// Dot floors: key the partition (big-endian), value the highest counter
-/// of this node's actor in sets it removed from that partition.
-const FLOOR_SPACE: u32 = META_PARTITION_BIT | 1;
+/// Actor epochs: key the partition (big-endian), value the epoch
+/// (big-endian u32) added to the incarnation for writes in it.
+const EPOCH_SPACE: u32 = META_PARTITION_BIT | 1;
 
 fn encode_progress(progress: &Progress) -> Vec<u8> {
     let mut bytes = progress.base.to_be_bytes().to_vec();
@@ -715,8 +733,8 @@ mod tests {
     }
 
     #[test]
-    fn a_key_removed_after_handoff_never_has_its_dots_issued_again() {
-        for seed in 0..20 {
+    fn a_key_removed_after_handoff_is_written_again_by_a_fresh_actor() {
+        for seed in 0..10 {
             let disk = SimDisk::new(SimDiskOptions::new(seed));
             let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
             let open = || {
@@ -739,19 +757,29 @@ mod tests {
                 replica.remove(7, &[(b"k".to_vec(), token(&set))]).await.unwrap();
                 assert!(replica.read(7, b"k").await.unwrap().is_empty());
                 assert_eq!(replica.data_partitions(), Vec::<u32>::new());
-                // A blind write after the removal issues a fresh dot.
+                // A blind write after the removal is made by a fresh actor,
+                // so no dot repeats and no old version is implied seen.
                 let (_, dot) = replica.write(7, b"k", &empty, Some("d".into())).await.unwrap();
-                assert!(issued.iter().all(|old| old.counter() < dot.counter()), "seed {seed}");
-                let set = replica.read(7, b"k").await.unwrap();
-                replica.remove(7, &[(b"k".to_vec(), token(&set))]).await.unwrap();
+                assert_eq!(dot, Dot::new(Actor::new(1, 1), 1), "seed {seed}");
+                // Other partitions keep their actor.
+                let (_, other) = replica.write(8, b"k", &empty, Some("x".into())).await.unwrap();
+                assert_eq!(other, Dot::new(Actor::new(1, 0), 1), "seed {seed}");
+                // A key that does not mention the partition's actor (held
+                // for another node) is removed without a new epoch.
+                let mut foreign = SiblingSet::new();
+                foreign.write(Actor::new(9, 0), &empty, Some("f".into())).unwrap();
+                replica.merge(7, b"f", &foreign).await.unwrap();
+                replica.remove(7, &[(b"f".to_vec(), token(&foreign))]).await.unwrap();
+                let (_, next) = replica.write(7, b"k", &empty, Some("e".into())).await.unwrap();
+                assert_eq!(next.actor(), Actor::new(1, 1), "seed {seed}");
                 replica.store().close().await.unwrap();
             });
             drop(replica);
-            // And so does one after a restart, from the durable floor.
+            // The epoch is durable.
             let replica = open();
             block_on(async {
-                let (_, dot) = replica.write(7, b"k", &empty, Some("e".into())).await.unwrap();
-                assert!(dot.counter() > 4, "seed {seed}: {dot:?}");
+                let (_, dot) = replica.write(7, b"k2", &empty, Some("g".into())).await.unwrap();
+                assert_eq!(dot.actor(), Actor::new(1, 1), "seed {seed}");
             });
         }
     }

@@ -369,42 +369,13 @@ impl SiblingSet {
         context: &VersionVector,
         value: Option<Vec<u8>>,
     ) -> Result<Dot, WriteError> {
-        self.write_above(actor, context, value, 0)
-    }
-
-    /// The highest counter of `actor` this set mentions, in its dots or its
-    /// clocks (0 if none): what a replica must remember, as a floor for
-    /// [`write_above`](Self::write_above), before it forgets the set.
-    pub fn highest_counter(&self, actor: Actor) -> u64 {
-        self.versions
-            .iter()
-            .map(|version| {
-                let own = if version.dot.actor() == actor { version.dot.counter() } else { 0 };
-                own.max(version.clock.get(actor))
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// [`write`](Self::write), with a dot counter above `floor` too: the
-    /// highest counter `actor` issued for keys of this set's partition that
-    /// the replica has since removed (handed off to their owners), so a
-    /// dot is never issued twice for a key even after the replica forgot
-    /// it.
-    pub fn write_above(
-        &mut self,
-        actor: Actor,
-        context: &VersionVector,
-        value: Option<Vec<u8>>,
-        floor: u64,
-    ) -> Result<Dot, WriteError> {
         if context.len() > CLOCK_ENTRIES_MAX {
             return Err(WriteError::ClockTooLarge {
                 entries: context.len(),
                 max: CLOCK_ENTRIES_MAX,
             });
         }
-        let seen = self.highest_counter(actor).max(context.get(actor)).max(floor);
+        let seen = self.highest_counter(actor).max(context.get(actor));
         let counter = seen.checked_add(1).ok_or(WriteError::CounterExhausted { actor })?;
         let dot = Dot::new(actor, counter);
         // A set over the limit could be stored but never decoded again: the
@@ -425,6 +396,19 @@ impl SiblingSet {
         self.add(version);
         assert_eq!(self.versions.len(), len_before + 1);
         Ok(dot)
+    }
+
+    /// The highest counter of `actor` this set mentions, in its dots or its
+    /// clocks (0 if none).
+    pub fn highest_counter(&self, actor: Actor) -> u64 {
+        self.versions
+            .iter()
+            .map(|version| {
+                let own = if version.dot.actor() == actor { version.dot.counter() } else { 0 };
+                own.max(version.clock.get(actor))
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The live values, in dot order; tombstones are skipped.

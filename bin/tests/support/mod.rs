@@ -53,6 +53,8 @@ use std::time::{Duration, Instant};
 
 use holdfast_net::client::{Client, ClientOptions};
 
+pub mod load;
+
 pub const HOLDFAST: &str = env!("CARGO_BIN_EXE_holdfast");
 
 /// Where the harness takes ports from.
@@ -653,5 +655,34 @@ impl Drop for Cluster {
                 }
             }
         }
+    }
+}
+
+/// A `holdfast serve` process started by the test itself, killed when
+/// dropped, and by the kernel if the test's thread ends first.
+pub struct Node(Child);
+
+impl Node {
+    pub fn spawn(args: &[String], log: std::fs::File) -> Node {
+        let mut command = Command::new(HOLDFAST);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        // SAFETY: runs in the forked child before `exec`; `prctl` is
+        // async-signal-safe and nothing here allocates.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Node(command.spawn().unwrap())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

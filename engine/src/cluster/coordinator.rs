@@ -14,8 +14,10 @@
 //! A key's coordinator is a node in its preference list (the first N
 //! distinct nodes walking the ring from its partition). A node outside the
 //! list forwards the client's request to the first node in it (then the
-//! next, if that one cannot be reached); the receiver coordinates or
-//! refuses, never forwards again. The coordinator makes the new version on
+//! next, if that one cannot be reached); the receiver coordinates, never
+//! forwards again (if its own ring, during a membership change, says it is
+//! not a replica, it stands in for one, as a fallback would). The
+//! coordinator makes the new version on
 //! its own replica first: read the key's set, issue a dot from its own
 //! actor that supersedes exactly what the client's context covers, persist
 //! (`LocalOp::Write`). Only then does it send the whole resulting set to
@@ -191,8 +193,8 @@ pub enum LocalOp {
     /// token (see [`set_token`]).
     Compare { partition: u32, keys: Vec<(Vec<u8>, u64)> },
     /// Remove these keys, each only if its set's token is unchanged (after
-    /// raising the partition's dot floor to what they held, so that no
-    /// dot they carried is ever issued again).
+    /// moving the partition's actor epoch on if they mention its actor, so
+    /// that later writes there are made by a fresh actor).
     Remove { partition: u32, keys: Vec<(Vec<u8>, u64)> },
     /// The pull progress records.
     Progress,
@@ -734,12 +736,12 @@ impl Coordinator {
         assert!(!replicas.owners.is_empty(), "a ring has members");
         if !replicas.asked.iter().any(|asked| asked.node == self.node) {
             if forwarded {
-                let message = format!(
-                    "node {:016x} is not a replica of this key under ring version {}",
-                    self.node,
-                    ring.version()
-                );
-                return refuse(out, client, ErrorCode::Unavailable, &message);
+                // The sender's ring says this node is a replica and this
+                // node's ring does not: the rings differ while a change
+                // spreads. Forwarding again could bounce; this node stands
+                // in for an owner instead (its hint and its sweep hand the
+                // write on), so the write succeeds during the change.
+                return self.coordinate_as_fallback(now, client, request, out);
             }
             let mut untried: VecDeque<NodeId> = replicas
                 .asked

@@ -35,11 +35,14 @@
 //! durably. A partition with an owner believed down waits for a later
 //! pass (counted in `partitions_waiting`).
 //!
-//! Removing a key forgets the dots this node issued for it, and the next
-//! write it coordinates would issue them again (Riak's kv679). So before
-//! removing, the replica raises a durable per-partition dot floor to the
-//! highest counter of its own actor the removed sets carried; new dots in
-//! that partition start above it.
+//! Removing a key forgets the dots this node issued for it: a later write
+//! of the key here would issue them again (Riak's kv679), and its version
+//! would lack the old ones while its dot claims to follow them. So before
+//! removing a key that mentions the partition's current actor, the replica
+//! moves the partition's actor epoch on, durably, and writes there from
+//! then on as a fresh actor (see `Replica::remove`). A counter floor
+//! would not do: it keeps dots unique but not the causal claim. (The
+//! simulator found that one: seed 4611 of the membership test.)
 //!
 //! Both are throttled by one token bucket (`transfer_keys_per_second`
 //! keys per second, per shard) and run in the background on ticks; a page
