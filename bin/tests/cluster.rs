@@ -14,9 +14,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +28,7 @@ use holdfast_net::{SiblingSet, VersionVector};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use support::{Cluster, HOLDFAST, explain, free_ports, holdfast, stdout};
+use support::{Cluster, Node, explain, free_ports, holdfast, stdout};
 
 /// How long a cluster may take to converge once nothing is being written.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,35 +224,6 @@ fn status_shows_the_ring_its_members_and_which_of_them_answer() {
     assert!(members[&cluster.addr(0).to_string()].ends_with("  up"), "{status}");
 }
 
-/// A `holdfast serve` process started by the test itself, killed when
-/// dropped, and by the kernel if the test's thread ends first.
-struct Node(Child);
-
-impl Node {
-    fn spawn(args: &[&str]) -> Node {
-        let mut command = Command::new(HOLDFAST);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: runs in the forked child before `exec`; `prctl` is
-        // async-signal-safe and nothing here allocates.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Node(command.spawn().unwrap())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn status_of_a_node_still_waiting_for_its_seeds_says_so_and_exits_1() {
     // The node's seed is a port nobody listens on: it answers, but forms
@@ -264,7 +232,7 @@ fn status_of_a_node_still_waiting_for_its_seeds_says_so_and_exits_1() {
     let (addr, seed) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 1));
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("node").to_str().unwrap().to_owned();
-    let _node = Node::spawn(&[
+    let _node = Node::spawn_quiet(&[
         "serve",
         "--data-dir",
         &data_dir,

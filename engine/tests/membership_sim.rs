@@ -27,6 +27,17 @@ fn put(key: &[u8], value: &str) -> ClientRequest {
     }
 }
 
+/// Writes `count` keys through the first `nodes` nodes in turn, each
+/// acknowledged; returns them.
+fn load(sim: &mut Sim, count: usize, nodes: usize, seed: u64) -> Vec<Vec<u8>> {
+    let keys: Vec<Vec<u8>> = (0..count).map(|i| format!("key-{i}").into_bytes()).collect();
+    for (index, key) in keys.iter().enumerate() {
+        let outcome = sim.call(0, index % nodes, put(key, &format!("v{index}")));
+        assert!(matches!(outcome, Outcome::Written { .. }), "seed {seed}: {outcome:?}");
+    }
+    keys
+}
+
 /// Asserts every member of `sim` routes by the same ring, with no change
 /// pending.
 fn assert_rings_agree(sim: &Sim, seed: u64) {
@@ -49,11 +60,7 @@ fn a_joining_node_pulls_its_share_and_then_serves_it() {
             ..SimOptions::new(seed)
         };
         let mut sim = Sim::new(options);
-        let keys: Vec<Vec<u8>> = (0..400).map(|i| format!("key-{i}").into_bytes()).collect();
-        for (index, key) in keys.iter().enumerate() {
-            let outcome = sim.call(0, index % 4, put(key, &format!("v{index}")));
-            assert!(matches!(outcome, Outcome::Written { .. }), "seed {seed}: {outcome:?}");
-        }
+        let keys = load(&mut sim, 400, 4, seed);
         sim.run_to_quiescence();
         let joined = sim.join(seed as usize % 4);
         assert!(sim.settle_membership(Duration::from_secs(60)), "seed {seed}: did not settle");
@@ -96,11 +103,7 @@ fn a_node_that_leaves_hands_everything_over_and_holds_nothing() {
     for_seeds(50, |seed| {
         let options = SimOptions { nodes: 5, operations_per_client: 0, ..SimOptions::new(seed) };
         let mut sim = Sim::new(options);
-        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key-{i}").into_bytes()).collect();
-        for (index, key) in keys.iter().enumerate() {
-            let outcome = sim.call(0, index % 5, put(key, &format!("v{index}")));
-            assert!(matches!(outcome, Outcome::Written { .. }), "seed {seed}: {outcome:?}");
-        }
+        let keys = load(&mut sim, 200, 5, seed);
         let leaver = seed as usize % 5;
         sim.leave(leaver);
         assert!(sim.settle_membership(Duration::from_secs(60)), "seed {seed}: did not settle");
@@ -123,11 +126,7 @@ fn a_dead_node_removed_has_its_partitions_copied_again_from_the_survivors() {
     for_seeds(50, |seed| {
         let options = SimOptions { nodes: 5, operations_per_client: 0, ..SimOptions::new(seed) };
         let mut sim = Sim::new(options);
-        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key-{i}").into_bytes()).collect();
-        for (index, key) in keys.iter().enumerate() {
-            let outcome = sim.call(0, index % 5, put(key, &format!("v{index}")));
-            assert!(matches!(outcome, Outcome::Written { .. }), "seed {seed}: {outcome:?}");
-        }
+        let keys = load(&mut sim, 200, 5, seed);
         sim.run_to_quiescence();
         let dead = seed as usize % 5;
         sim.remove(dead, (dead + 1) % 5);

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use holdfast_net::client::{AdminOutcome, Client, ClientOptions};
+use holdfast_net::client::AdminOutcome;
 use holdfast_net::ring::NodeId;
 
 use super::Outcome;
-use super::cluster::{PING_TIMEOUT, node_hex};
+use super::cluster::{PING_TIMEOUT, client, node_hex};
 
 /// How long `admin` waits for the node it asks.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,17 +74,6 @@ fn parse_node(text: &str) -> Result<NodeId, String> {
     }
 }
 
-fn client(addr: &str, timeout: Duration) -> Result<Client> {
-    let options = ClientOptions {
-        timeout,
-        connect_timeout: timeout,
-        pool_size: 1,
-        route_by_ring: false,
-        ..ClientOptions::default()
-    };
-    Client::connect(&[addr], options).with_context(|| format!("connecting to {addr}"))
-}
-
 pub fn run(command: AdminCommand) -> Result<Outcome> {
     match command {
         AdminCommand::Leave(args) => leave(args),
@@ -122,7 +111,7 @@ fn remove(args: RemoveArgs) -> Result<Outcome> {
     let Some(member) = member else {
         return Err(anyhow!("node {} asked knows no member {}", args.addr, node_hex(args.node)));
     };
-    if let Ok(target) = self::client(&member.addr, PING_TIMEOUT)
+    if let Ok(target) = super::cluster::client(&member.addr, PING_TIMEOUT)
         && target.ping().is_ok()
     {
         eprintln!(

@@ -524,7 +524,7 @@ fn percent(part: u32, whole: u32) -> String {
 
 /// A client of the one node at `addr`, which waits at most `timeout`.
 /// It does not route by the ring: every request here is about that node.
-fn client(addr: &str, timeout: Duration) -> Result<Client> {
+pub(crate) fn client(addr: &str, timeout: Duration) -> Result<Client> {
     let options = ClientOptions {
         timeout,
         connect_timeout: timeout,

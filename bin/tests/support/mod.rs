@@ -663,7 +663,8 @@ impl Drop for Cluster {
 pub struct Node(Child);
 
 impl Node {
-    pub fn spawn(args: &[String], log: std::fs::File) -> Node {
+    /// Starts `holdfast ARGS` with its log (stderr) in `log`.
+    pub fn spawn(args: &[String], log: impl Into<Stdio>) -> Node {
         let mut command = Command::new(HOLDFAST);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // SAFETY: runs in the forked child before `exec`; `prctl` is
@@ -677,6 +678,14 @@ impl Node {
             });
         }
         Node(command.spawn().unwrap())
+    }
+}
+
+impl Node {
+    /// Starts `holdfast ARGS` with its log thrown away.
+    pub fn spawn_quiet(args: &[&str]) -> Node {
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        Node::spawn(&args, Stdio::null())
     }
 }
 

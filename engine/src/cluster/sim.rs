@@ -290,6 +290,13 @@ struct SimNode {
     running: Option<Running>,
 }
 
+impl SimNode {
+    /// A node not started yet.
+    fn new(id: NodeId, gossip: Gossip, disk: SimDisk) -> SimNode {
+        SimNode { id, gossip, removed: false, disk, incarnation: 0, epoch: 0, running: None }
+    }
+}
+
 struct Running {
     coordinator: Coordinator,
     replica: Replica<SimDisk>,
@@ -366,15 +373,7 @@ impl Sim {
             let gossip_options = gossip_options(&options);
             let gossip = Gossip::from_state(member, state.clone(), Vec::new(), gossip_options)
                 .expect("a valid sim gossip state");
-            nodes.push(SimNode {
-                id: index as NodeId + 1,
-                gossip,
-                removed: false,
-                disk,
-                incarnation: 0,
-                epoch: 0,
-                running: None,
-            });
+            nodes.push(SimNode::new(index as NodeId + 1, gossip, disk));
         }
         let mut sim = Sim {
             rng,
@@ -504,15 +503,7 @@ impl Sim {
             Member { id, addr: format!("sim-node-{index}"), weight: 1, zone: String::new() };
         let gossip = Gossip::new(member, seeds, gossip_options(&self.options));
         let disk = SimDisk::new(SimDiskOptions::new(self.rng.random()));
-        self.nodes.push(SimNode {
-            id,
-            gossip,
-            removed: false,
-            disk,
-            incarnation: 0,
-            epoch: 0,
-            running: None,
-        });
+        self.nodes.push(SimNode::new(id, gossip, disk));
         self.sides.push(0);
         self.start_node(index);
         index
