@@ -12,6 +12,12 @@
 //! waits until node 1 is `Left`, holds nothing and is out of the ring, and
 //! checks every key again on the three that remain.
 //!
+//! Two more: a five-node cluster (N=3, W=2) under a steady write load
+//! takes a sixth node and then loses one to `admin leave`, with every
+//! write succeeding and every acknowledged one read back; and a node
+//! SIGKILLed for good is taken out with `admin remove`, its keys copied
+//! again from the survivors.
+//!
 //! It prints what it measured (time to converge, keys and bytes pulled,
 //! handed off, removed); run with `--nocapture` to see it.
 
@@ -384,4 +390,44 @@ fn a_sixth_node_joins_and_one_leaves_under_write_load_and_no_acknowledged_write_
     }
     assert!(pulled.keys_pulled > 0, "the new node pulled nothing: {pulled:?}");
     assert_all_readable(&cluster, &writes);
+}
+
+/// A node that died for good is removed with `holdfast admin remove`: the
+/// survivors pull its partitions from the other replicas, the ring leaves
+/// it out, and every key written before still has N copies.
+#[test]
+fn a_dead_node_removed_has_its_keys_copied_again_from_the_survivors() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = gossip_config(config_dir.path());
+    let mut cluster = Cluster::serve(4, &["--n", "2", "--r", "1", "--w", "2", "--config", &config]);
+    let writer = Client::connect(cluster.addrs(), ClientOptions::default()).unwrap();
+    let mut batch = Batch::new();
+    for i in 0..KEYS {
+        batch.put(key(i).as_bytes(), value(i).as_bytes(), None);
+    }
+    for (i, result) in writer.execute(&batch).unwrap().into_iter().enumerate() {
+        assert!(matches!(result, Ok(Response::Put(_))), "put {}: {result:?}", key(i));
+    }
+    wait("the first ring", || cluster.logs(), || settled(cluster.addrs(), &[]));
+    let dead = stats(cluster.addr(3)).unwrap().node;
+    cluster.kill(3);
+    let started = Instant::now();
+    let output = holdfast(&[
+        "admin",
+        "remove",
+        &format!("{dead:016x}"),
+        "--addr",
+        &cluster.addr(0).to_string(),
+    ]);
+    assert!(output.status.success(), "{}", explain(&output));
+    let three = &cluster.addrs()[..3];
+    let after = wait("the removal", || cluster.logs(), || settled(three, &[dead]));
+    let copied: u64 = three.iter().map(|&addr| stats(addr).unwrap().keys_pulled).sum();
+    println!(
+        "remove: {:.2?} from `admin remove` to the new ring; the survivors pulled {copied} keys",
+        started.elapsed()
+    );
+    assert_eq!(after.members().len(), 3);
+    assert!(copied > 0, "nothing was copied again");
+    check_every_key(three, &after);
 }
