@@ -194,3 +194,48 @@ fn membership_regressions() {
         faulty_membership_run(seed);
     }
 }
+
+/// A pull resumes where it stopped: the joiner crashes halfway through and,
+/// restarted, pulls only the rest (its progress is durable); a source
+/// crashing meanwhile is replaced by another replica.
+#[test]
+fn a_pull_resumes_after_a_crash_of_the_puller_or_the_source() {
+    for_seeds(30, |seed| {
+        let mut options = SimOptions {
+            nodes: 4,
+            partitions: 64,
+            operations_per_client: 0,
+            ..SimOptions::new(seed)
+        };
+        // Slow enough that the pull is under way for a while.
+        options.cluster.transfer_keys_per_second = 150;
+        let mut sim = Sim::new(options);
+        let keys = load(&mut sim, 600, 4, seed);
+        sim.run_to_quiescence();
+        let joined = sim.join(0);
+        let until = sim.now() + Duration::from_millis(700);
+        sim.run_until(until);
+        let before_crash = sim.coordinator_stats_of(joined).keys_pulled;
+        assert!(before_crash > 0, "seed {seed}: nothing pulled before the crash");
+        assert!(sim.gossip(joined).next_ring().is_some(), "seed {seed}: the pull ended already");
+        sim.crash(joined);
+        sim.crash(1);
+        sim.restart(joined);
+        let until = sim.now() + Duration::from_millis(300);
+        sim.run_until(until);
+        sim.restart(1);
+        assert!(sim.settle_membership(Duration::from_secs(120)), "seed {seed}: did not settle");
+        let replicated = keys.iter().filter(|key| sim.replicas_of(key).contains(&joined)).count();
+        for key in keys.iter().filter(|key| sim.replicas_of(key).contains(&joined)) {
+            let set = sim.inspect(joined, key).expect("running");
+            assert!(!set.is_empty(), "seed {seed}: the new node lacks {key:?}");
+        }
+        // The restarted joiner's counters are its second life's: less than
+        // all it replicates, since the first life's pages were kept.
+        let after_restart = sim.coordinator_stats_of(joined).keys_pulled as usize;
+        assert!(
+            after_restart < replicated,
+            "seed {seed}: pulled {after_restart} again of {replicated} ({before_crash} before)"
+        );
+    });
+}

@@ -1021,6 +1021,15 @@ impl Sim {
         total
     }
 
+    /// `node`'s coordinator counters (of its current life; zero if down).
+    pub fn coordinator_stats_of(&self, node: usize) -> super::coordinator::CoordinatorStats {
+        self.nodes[node]
+            .running
+            .as_ref()
+            .map(|running| running.coordinator.stats())
+            .unwrap_or_default()
+    }
+
     /// Runs an operation from `client` at `node` to its end and returns its
     /// outcome.
     pub fn call(&mut self, client: usize, node: usize, request: ClientRequest) -> Outcome {
