@@ -16,6 +16,7 @@ pub mod coordinator;
 pub mod detector;
 pub mod gossip;
 pub mod history;
+pub mod merkle;
 pub mod sim;
 
 /// How many replicas a key has and how many must answer, cluster-wide.
