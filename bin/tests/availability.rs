@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::Cluster;
-use support::load::{Phase, Write, assert_all_readable, finish, write_load};
+use support::load::{
+    Phase, Write, assert_all_readable, assert_every_write_succeeded, finish, print_phases,
+    write_load,
+};
 
 /// The keys among `writes` (acknowledged, started in `[from, to)`) whose
 /// preference list includes node `i`, with their values.
@@ -79,15 +82,8 @@ fn a_killed_node_does_not_stop_writes_and_gets_what_it_missed_by_hints() {
         Phase::of("down", &writes, killed, restarting),
         Phase::of("after", &writes, restarted, ended),
     ];
-    for phase in &phases {
-        println!("sigkill  {}", phase.report());
-    }
-    let failed: Vec<&str> = writes.iter().filter_map(|w| w.error.as_deref()).collect();
-    println!("sigkill  errors: {failed:?}");
-    for phase in &phases {
-        assert!(phase.writes > 0, "{}: no writes", phase.name);
-        assert_eq!(phase.succeeded, phase.writes, "{}: a write failed twice", phase.name);
-    }
+    print_phases("sigkill ", &phases, &writes);
+    assert_every_write_succeeded(&phases);
 
     // What the node missed while it was down reaches it by hints: poll its
     // own replica (no client reads, so no read repair) until it has all.
@@ -137,13 +133,8 @@ fn a_stopped_node_slows_few_writes_and_fails_none() {
         Phase::of("stopped", &writes, stopped, continued),
         Phase::of("after", &writes, continued, ended),
     ];
-    for phase in &phases {
-        println!("sigstop  {}", phase.report());
-    }
-    for phase in &phases {
-        assert!(phase.writes > 0, "{}: no writes", phase.name);
-        assert_eq!(phase.succeeded, phase.writes, "{}: a write failed twice", phase.name);
-    }
+    print_phases("sigstop ", &phases, &writes);
+    assert_every_write_succeeded(&phases);
     let missed = owned_by(&cluster, victim, &writes, stopped, continued);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut missing = missing_on(&cluster, victim, &missed);

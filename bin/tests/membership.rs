@@ -36,7 +36,9 @@ use holdfast_net::membership::MemberStatus;
 use holdfast_net::message::StatsReply;
 use holdfast_net::ring::{NodeId, Ring};
 use serde_json::Value;
-use support::load::{Phase, assert_all_readable, finish, write_load};
+use support::load::{
+    Phase, assert_all_readable, assert_every_write_succeeded, finish, print_phases, write_load,
+};
 use support::{Cluster, Node, explain, free_ports, holdfast, stdout};
 
 const KEYS: usize = 2000;
@@ -161,6 +163,18 @@ fn check_every_key(addrs: &[SocketAddr], ring: &Ring) -> u64 {
     set_bytes / N as u64
 }
 
+/// Writes the [`KEYS`] keys through `addrs`, each acknowledged.
+fn write_keys(addrs: &[SocketAddr]) {
+    let writer = Client::connect(addrs, ClientOptions::default()).unwrap();
+    let mut batch = Batch::new();
+    for i in 0..KEYS {
+        batch.put(key(i).as_bytes(), value(i).as_bytes(), None);
+    }
+    for (i, result) in writer.execute(&batch).unwrap().into_iter().enumerate() {
+        assert!(matches!(result, Ok(Response::Put(_))), "put {}: {result:?}", key(i));
+    }
+}
+
 /// Starts a node with `--join --seeds (node 0)` and `shards` shards; its
 /// process, address and log file.
 fn join(cluster: &Cluster, config: &str, shards: &str) -> (Node, SocketAddr, PathBuf) {
@@ -207,14 +221,7 @@ fn a_node_joins_and_another_leaves_and_every_key_stays_readable() {
         3,
         &["--n", "2", "--r", "1", "--w", "2", "--shards", "2", "--config", &config],
     );
-    let writer = Client::connect(cluster.addrs(), ClientOptions::default()).unwrap();
-    let mut batch = Batch::new();
-    for i in 0..KEYS {
-        batch.put(key(i).as_bytes(), value(i).as_bytes(), None);
-    }
-    for (i, result) in writer.execute(&batch).unwrap().into_iter().enumerate() {
-        assert!(matches!(result, Ok(Response::Put(_))), "put {}: {result:?}", key(i));
-    }
+    write_keys(cluster.addrs());
     let before = wait("the first ring", || cluster.logs(), || settled(cluster.addrs(), &[]));
 
     // A fourth node joins through node 0.
@@ -364,11 +371,7 @@ fn a_sixth_node_joins_and_one_leaves_under_write_load_and_no_acknowledged_write_
         Phase::of("leaving", &writes, leaving, left),
         Phase::of("after", &writes, left, ended),
     ];
-    for phase in &phases {
-        println!("membership {}", phase.report());
-    }
-    let errors: Vec<&str> = writes.iter().filter_map(|w| w.error.as_deref()).collect();
-    println!("membership errors retried or failed: {errors:?}");
+    print_phases("membership", &phases, &writes);
     let pulled = stats(joiner).unwrap();
     let before_join = writes.iter().filter(|w| w.ok && w.started < joined).count();
     let ideal = before_join as f64 * 3.0 / 6.0;
@@ -384,10 +387,7 @@ fn a_sixth_node_joins_and_one_leaves_under_write_load_and_no_acknowledged_write_
         pulled.data_partitions,
     );
     println!("membership leave: {:.2?} from `admin leave` to Left", left - leaving);
-    for phase in &phases {
-        assert!(phase.writes > 0, "{}: no writes", phase.name);
-        assert_eq!(phase.succeeded, phase.writes, "{}: a write failed twice", phase.name);
-    }
+    assert_every_write_succeeded(&phases);
     assert!(pulled.keys_pulled > 0, "the new node pulled nothing: {pulled:?}");
     assert_all_readable(&cluster, &writes);
 }
@@ -400,14 +400,7 @@ fn a_dead_node_removed_has_its_keys_copied_again_from_the_survivors() {
     let config_dir = tempfile::tempdir().unwrap();
     let config = gossip_config(config_dir.path());
     let mut cluster = Cluster::serve(4, &["--n", "2", "--r", "1", "--w", "2", "--config", &config]);
-    let writer = Client::connect(cluster.addrs(), ClientOptions::default()).unwrap();
-    let mut batch = Batch::new();
-    for i in 0..KEYS {
-        batch.put(key(i).as_bytes(), value(i).as_bytes(), None);
-    }
-    for (i, result) in writer.execute(&batch).unwrap().into_iter().enumerate() {
-        assert!(matches!(result, Ok(Response::Put(_))), "put {}: {result:?}", key(i));
-    }
+    write_keys(cluster.addrs());
     wait("the first ring", || cluster.logs(), || settled(cluster.addrs(), &[]));
     let dead = stats(cluster.addr(3)).unwrap().node;
     cluster.kill(3);

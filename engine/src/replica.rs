@@ -413,23 +413,25 @@ impl<D: Disk> Replica<D> {
     }
 
     /// Up to `keys` keys of `partition` after `after`, with their sets,
-    /// stopping early once keys and sets reach `bytes`; and whether more
-    /// follow.
+    /// stopping early once keys and sets reach `bytes`; whether more
+    /// follow; and the bytes of the sets as stored.
     pub async fn scan(
         &self,
         partition: u32,
         after: Option<&[u8]>,
         keys: usize,
         bytes: usize,
-    ) -> Result<(Vec<(Vec<u8>, SiblingSet)>, bool), ReplicaError> {
+    ) -> Result<(Vec<(Vec<u8>, SiblingSet)>, bool, u64), ReplicaError> {
         let listed = self.store.keys(partition, after, keys.max(1));
         let mut more = listed.len() >= keys.max(1);
         let mut entries = Vec::with_capacity(listed.len());
         let mut total = 0;
+        let mut set_bytes = 0;
         for (index, key) in listed.iter().enumerate() {
             let Some(stored) = self.store.get(partition, key).await? else { continue };
             // Keys count too: an offer of the page carries them.
             total += key.len() + stored.len();
+            set_bytes += stored.len() as u64;
             let set = SiblingSet::decode(&stored, self.limits).map_err(ReplicaError::Stored)?;
             entries.push((key.to_vec(), set));
             if total >= bytes && index + 1 < listed.len() {
@@ -437,7 +439,7 @@ impl<D: Disk> Replica<D> {
                 break;
             }
         }
-        Ok((entries, more))
+        Ok((entries, more, set_bytes))
     }
 
     /// Merges a pulled page (all keys at once, so they share group
@@ -557,10 +559,12 @@ impl<D: Disk> Replica<D> {
             LocalOp::DropHint(hint) => {
                 self.drop_hint(&hint).await.map_or_else(failed, |()| LocalResult::Merged)
             }
-            LocalOp::Scan { partition, after, keys, bytes } => self
-                .scan(partition, after.as_deref(), keys, bytes)
-                .await
-                .map_or_else(failed, |(entries, more)| LocalResult::Scanned { entries, more }),
+            LocalOp::Scan { partition, after, keys, bytes } => {
+                self.scan(partition, after.as_deref(), keys, bytes).await.map_or_else(
+                    failed,
+                    |(entries, more, bytes)| LocalResult::Scanned { entries, more, bytes },
+                )
+            }
             LocalOp::Pulled { partition, entries, progress } => self
                 .pulled(partition, &entries, &progress)
                 .await

@@ -9,23 +9,12 @@
 
 mod support;
 
-use support::for_seeds;
+use support::{for_seeds, put};
 
 use std::time::Duration;
 
-use holdfast_engine::cluster::coordinator::ClientRequest;
 use holdfast_engine::cluster::history::Outcome;
 use holdfast_engine::cluster::sim::{NetworkFaults, Sim, SimOptions};
-use holdfast_net::VersionVector;
-
-fn put(key: &[u8], value: &str) -> ClientRequest {
-    ClientRequest::Put {
-        key: key.to_vec(),
-        value: Some(value.as_bytes().to_vec()),
-        context: VersionVector::new(),
-        w: 0,
-    }
-}
 
 /// Writes `count` keys through the first `nodes` nodes in turn, each
 /// acknowledged; returns them.

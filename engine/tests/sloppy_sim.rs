@@ -18,19 +18,9 @@ use std::time::Duration;
 use holdfast_engine::cluster::coordinator::ClientRequest;
 use holdfast_engine::cluster::history::Outcome;
 use holdfast_engine::cluster::sim::{Sim, SimOptions};
-use holdfast_net::VersionVector;
 use holdfast_net::message::ErrorCode;
 use rand::{Rng, SeedableRng};
-use support::for_seeds;
-
-fn put(key: &[u8], value: &str) -> ClientRequest {
-    ClientRequest::Put {
-        key: key.to_vec(),
-        value: Some(value.as_bytes().to_vec()),
-        context: VersionVector::new(),
-        w: 0,
-    }
-}
+use support::{for_seeds, put};
 
 /// Five nodes, N=3 R=2 W=2, and no background workload: the tests call.
 fn five_nodes(seed: u64) -> Sim {

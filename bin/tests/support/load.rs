@@ -140,3 +140,24 @@ pub fn assert_all_readable(cluster: &Cluster, writes: &[Write]) {
         &lost[..lost.len().min(10)]
     );
 }
+
+/// Prints each phase's availability and latency, and the errors that were
+/// retried or failed, each line led by `test` (what a test measured is
+/// its output).
+#[allow(clippy::print_stdout)]
+pub fn print_phases(test: &str, phases: &[Phase], writes: &[Write]) {
+    for phase in phases {
+        println!("{test} {}", phase.report());
+    }
+    let errors: Vec<&str> = writes.iter().filter_map(|w| w.error.as_deref()).collect();
+    println!("{test} errors retried or failed: {errors:?}");
+}
+
+/// Every phase saw writes, and every write succeeded (within its one
+/// retry).
+pub fn assert_every_write_succeeded(phases: &[Phase]) {
+    for phase in phases {
+        assert!(phase.writes > 0, "{}: no writes", phase.name);
+        assert_eq!(phase.succeeded, phase.writes, "{}: a write failed twice", phase.name);
+    }
+}

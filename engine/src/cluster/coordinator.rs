@@ -232,8 +232,9 @@ pub enum LocalResult {
     Merged,
     /// `Hints`: the hints listed.
     Hints(Vec<Hint>),
-    /// `Scan`: the page, and whether keys follow it.
-    Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool },
+    /// `Scan`: the page, whether keys follow it, and the bytes of its sets
+    /// as stored.
+    Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool, bytes: u64 },
     /// `Compare`: per key asked, whether the replica holds that very set.
     Have(Vec<bool>),
     /// `Progress`: the records.
@@ -294,8 +295,8 @@ pub enum PeerReply {
     Coordinated(ClientReply),
     /// To `Ping`.
     Pong,
-    /// To `Scan`.
-    Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool },
+    /// To `Scan` (`bytes`: of the sets, encoded).
+    Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool, bytes: u64 },
     /// To `Offer`.
     Have(Vec<bool>),
     /// The peer refused, or could not be reached, or the connection broke
@@ -310,7 +311,9 @@ impl PeerReply {
         match result {
             LocalResult::Read(set) => PeerReply::Read(set),
             LocalResult::Merged => PeerReply::Written,
-            LocalResult::Scanned { entries, more } => PeerReply::Scanned { entries, more },
+            LocalResult::Scanned { entries, more, bytes } => {
+                PeerReply::Scanned { entries, more, bytes }
+            }
             LocalResult::Have(have) => PeerReply::Have(have),
             LocalResult::Failed { code, message } => PeerReply::Failed { code, message },
             other => PeerReply::Failed {

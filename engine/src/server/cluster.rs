@@ -561,14 +561,16 @@ fn peer_reply(kind: Kind, frame: &Frame, limits: DecodeLimits) -> PeerReply {
 /// A page a peer scanned, its sets decoded (each must be non-empty).
 fn scanned(reply: ScanReply, limits: DecodeLimits) -> Result<PeerReply, String> {
     let mut entries = Vec::with_capacity(reply.entries.len());
+    let mut bytes = 0;
     for entry in reply.entries {
+        bytes += entry.set.len() as u64;
         let set = decode_set(&entry.set, limits)?;
         if set.is_empty() {
             return Err("a scanned key without a set".into());
         }
         entries.push((entry.key, set));
     }
-    Ok(PeerReply::Scanned { entries, more: reply.more })
+    Ok(PeerReply::Scanned { entries, more: reply.more, bytes })
 }
 
 /// The client reply a coordinating peer sent.

@@ -575,7 +575,7 @@ pub(crate) fn load(dir: &Path) -> Result<Option<GossipState>, String> {
     let damaged = |why: &str| {
         format!(
             "{} is damaged ({why}); the node will not guess its membership: restore it, or \
-             remove it (and the data directory's `ring`) to start this node afresh",
+             remove it to start this node afresh",
             path.display()
         )
     };

@@ -272,20 +272,14 @@ fn start_membership(
         let state = membership::formed_state(&ring)?;
         Gossip::from_state(me, state, seed_addrs, gossip_options).map_err(|e| e.to_string())
     };
-    let first = if seeds.is_empty() {
-        Some(
-            holdfast_net::ring::Ring::new(
-                options.partitions,
-                vec![membership::me(node, options)],
-                1,
-            )
-            .map_err(|error| ServerError::Options(error.to_string()))?,
+    if seeds.is_empty() {
+        // A node on its own is a cluster of one: its ring needs nobody.
+        let ring = holdfast_net::ring::Ring::new(
+            options.partitions,
+            vec![membership::me(node, options)],
+            1,
         )
-    } else {
-        // A ring kept by an earlier version of holdfast.
-        seeds::load(&options.data_dir, node)
-    };
-    if let Some(ring) = first {
+        .map_err(|error| ServerError::Options(error.to_string()))?;
         let gossip = formed(ring).map_err(ServerError::Membership)?;
         membership::persist_state(&options.data_dir, gossip.state())?;
         hand_over(gossip, &start);

@@ -1,60 +1,34 @@
-//! Forming the ring from static membership: the seeds.
+//! Forming a cluster's first ring from its seeds.
 //!
-//! Membership is static in this version: a node is started with the
-//! addresses of the others (`seeds`). It says hello to each (its id,
+//! A node of a new cluster is started with the addresses of the others
+//! (`seeds`). It says hello to each (its id,
 //! address, weight and zone) and learns theirs; once it knows every seed,
 //! it computes the ring from the member set. The computation is a pure
 //! function of that set ([`Ring::new`] at version 1), so every node that
 //! knows the same members computes the same ring without further
 //! agreement. A node that answers a hello with a ring that already
 //! includes this node is taken at its word (that is how a node that lost
-//! its ring file rejoins).
+//! its membership file rejoins).
 //!
 //! This forms only a cluster's first ring. The ring is then gossip's
 //! (`membership.rs`): it is persisted with the rest of the membership in
 //! `membership`, so a restarted node serves at once without waiting for
-//! its seeds, and it changes when nodes join or leave. A `ring` file
-//! written by an earlier version (a checksummed frame) is still read, by a
-//! node that has no `membership` file yet.
+//! its seeds, and it changes when nodes join or leave.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use holdfast_net::frame::{Frame, FrameDecoder};
+use holdfast_net::frame::FrameDecoder;
 use holdfast_net::limits::REPLY_FRAME_BYTES_MAX_DEFAULT;
-use holdfast_net::message::{Hello, HelloReply, RingReply, encode_message};
+use holdfast_net::message::{Hello, HelloReply, encode_message};
 use holdfast_net::ring::{Member, Ring, RingState};
 
 /// How long to wait between rounds of hellos to seeds that did not answer.
 const RETRY: Duration = Duration::from_millis(200);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The file the ring is kept in, in the data directory.
-pub(crate) const RING_FILE: &str = "ring";
-
-/// The ring persisted in `dir`, if there is a valid one that includes `id`.
-pub(crate) fn load(dir: &Path, id: u64) -> Option<Ring> {
-    let bytes = std::fs::read(dir.join(RING_FILE)).ok()?;
-    let ring = Frame::from_bytes(&bytes, REPLY_FRAME_BYTES_MAX_DEFAULT)
-        .ok()
-        .and_then(|frame| frame.decode::<RingReply>().ok())
-        .and_then(|reply| Ring::from_state(reply.ring).ok());
-    match ring {
-        Some(ring) if ring.contains(id) => Some(ring),
-        Some(_) => {
-            tracing::warn!("the persisted ring does not include this node; forming it again");
-            None
-        }
-        None => {
-            tracing::warn!("the persisted ring is damaged; forming it again");
-            None
-        }
-    }
-}
 
 /// What forming found.
 #[derive(Debug)]

@@ -459,7 +459,7 @@ impl Shard {
             return wire::error(request_id, ErrorCode::Internal, "not a replica operation");
         };
         match PeerReply::from_local(self.replica.apply(local).await) {
-            PeerReply::Scanned { entries, more } => wire::scan_reply(request_id, entries, more),
+            PeerReply::Scanned { entries, more, .. } => wire::scan_reply(request_id, entries, more),
             PeerReply::Have(have) => wire::offer_reply(request_id, have),
             PeerReply::Failed { code, message } => wire::error(request_id, code, &message),
             other => wire::error(request_id, ErrorCode::Internal, &format!("{other:?}")),

@@ -1,5 +1,20 @@
 //! What the seeded simulation tests share.
 
+#![allow(dead_code)]
+
+use holdfast_engine::cluster::coordinator::ClientRequest;
+use holdfast_net::VersionVector;
+
+/// A blind put of `value` to `key` (empty context, the default W).
+pub fn put(key: &[u8], value: &str) -> ClientRequest {
+    ClientRequest::Put {
+        key: key.to_vec(),
+        value: Some(value.as_bytes().to_vec()),
+        context: VersionVector::new(),
+        w: 0,
+    }
+}
+
 /// Runs `test` for every seed, naming the seed that failed.
 /// `HOLDFAST_SEED=<n>` runs just seed n; `HOLDFAST_SEEDS=<n>` changes how
 /// many seeds run (from 0).

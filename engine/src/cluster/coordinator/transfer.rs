@@ -57,7 +57,6 @@ use holdfast_net::ring::{NodeId, Ring};
 
 use super::{
     Action, Coordinator, LocalOp, LocalResult, OpId, Operation, PeerReply, PeerRequest, Progress,
-    set_token,
 };
 
 /// Keys per page of a pull or a sweep.
@@ -110,13 +109,14 @@ struct Sweep {
 #[derive(Debug)]
 pub(in crate::cluster) enum TransferOp {
     LoadProgress,
-    /// A page pulled from `source` under current ring `base`; `merging`
-    /// once it arrived and is being merged.
+    /// A page pulled from `source` under current ring `base`; once it
+    /// arrived, `merging` holds the progress it makes, recorded only when
+    /// the merge is durable.
     Pull {
         partition: u32,
         source: NodeId,
         base: u64,
-        merging: bool,
+        merging: Option<Progress>,
     },
     ListPartitions,
     Sweep(SweepPage),
@@ -131,7 +131,8 @@ pub(in crate::cluster) struct SweepPage {
     partition: u32,
     owners: Vec<NodeId>,
     stage: Stage,
-    entries: Vec<(Vec<u8>, SiblingSet, u64)>,
+    /// Key, set, token, and the set's encoded length.
+    entries: Vec<(Vec<u8>, SiblingSet, u64, usize)>,
     more: bool,
     /// Owners whose answer to the offer is awaited.
     offered: Vec<NodeId>,
@@ -262,7 +263,7 @@ impl Coordinator {
                 PeerRequest::Scan { partition, after, keys: PAGE_KEYS, bytes: PAGE_BYTES };
             out.push(Action::Send { op, to: source, request });
             out.push(Action::Timer { op, at: now + self.options.request_timeout });
-            let pull = TransferOp::Pull { partition, source, base, merging: false };
+            let pull = TransferOp::Pull { partition, source, base, merging: None };
             self.operations.insert(op, Operation::Transfer(pull));
             self.transfers.pulling.insert(partition, op);
         }
@@ -367,11 +368,19 @@ impl Coordinator {
                 }
                 // Failed: loaded again on the next tick.
             }
-            TransferOp::Pull { partition, .. } => {
+            TransferOp::Pull { partition, merging, .. } => {
                 let partition = *partition;
-                let LocalResult::Merged = result else {
+                let (LocalResult::Merged, Some(progress)) = (result, merging.take()) else {
+                    // Not merged: the page is pulled again from where the
+                    // last durable progress left off.
                     return self.pull_failed(now, op, partition);
                 };
+                if progress.done {
+                    self.stats.partitions_pulled += 1;
+                }
+                if let Some(records) = &mut self.transfers.progress {
+                    records.insert(partition, progress);
+                }
                 self.operations.remove(&op);
                 self.transfers.pulling.remove(&partition);
                 self.transfers.backoff.remove(&partition);
@@ -395,17 +404,23 @@ impl Coordinator {
                 self.sweep_more(now, out);
             }
             TransferOp::Sweep(page) => match (page.stage, result) {
-                (Stage::Scanning, LocalResult::Scanned { entries, more }) => {
+                (Stage::Scanning, LocalResult::Scanned { entries, more, .. }) => {
                     if entries.is_empty() {
                         return self.page_ended(now, op, false, out);
                     }
                     self.transfers.tokens -= entries.len() as f64;
-                    let keys: Vec<(Vec<u8>, u64)> =
-                        entries.iter().map(|(key, set)| (key.clone(), set_token(set))).collect();
                     page.entries = entries
                         .into_iter()
-                        .zip(&keys)
-                        .map(|((key, set), (_, token))| (key, set, *token))
+                        .map(|(key, set)| {
+                            let encoded = set.encode();
+                            let token = xxhash_rust::xxh3::xxh3_64(&encoded);
+                            (key, set, token, encoded.len())
+                        })
+                        .collect();
+                    let keys: Vec<(Vec<u8>, u64)> = page
+                        .entries
+                        .iter()
+                        .map(|(key, _, token, _)| (key.clone(), *token))
                         .collect();
                     page.more = more;
                     page.stage = Stage::Offering;
@@ -442,32 +457,26 @@ impl Coordinator {
         match transfer {
             TransferOp::Pull { partition, source, base, merging } => {
                 let partition = *partition;
-                if from != *source || *merging {
+                if from != *source || merging.is_some() {
                     return;
                 }
-                let PeerReply::Scanned { entries, more } = reply else {
+                let PeerReply::Scanned { entries, more, bytes } = reply else {
                     return self.pull_failed(now, op, partition);
                 };
-                *merging = true;
                 let base = *base;
-                let bytes: usize = entries.iter().map(|(_, set)| set.encode().len()).sum();
-                self.stats.keys_pulled += entries.len() as u64;
-                self.stats.bytes_pulled += bytes as u64;
-                self.transfers.tokens -= entries.len() as f64;
                 let cursor = match entries.last() {
                     Some((key, _)) => Some(key.clone()),
                     None => self.pulled(partition, base).and_then(|p| p.cursor.clone()),
                 };
                 let progress = Progress { partition, base, cursor, done: !more };
-                if !more {
-                    self.stats.partitions_pulled += 1;
+                if let Some(Operation::Transfer(TransferOp::Pull { merging, .. })) =
+                    self.operations.get_mut(&op)
+                {
+                    *merging = Some(progress.clone());
                 }
-                if let Some(records) = &mut self.transfers.progress {
-                    // Recorded now so that the next page resumes after it;
-                    // a failed merge is retried from the same place because
-                    // merging is idempotent.
-                    records.insert(partition, progress.clone());
-                }
+                self.stats.keys_pulled += entries.len() as u64;
+                self.stats.bytes_pulled += bytes;
+                self.transfers.tokens -= entries.len() as f64;
                 out.push(Action::Local {
                     op,
                     local: LocalOp::Pulled { partition, entries, progress },
@@ -484,17 +493,17 @@ impl Coordinator {
                 match reply {
                     PeerReply::Have(have) if have.len() == page.entries.len() => {
                         let partition = page.partition;
-                        let lacking: Vec<(Vec<u8>, SiblingSet)> = page
+                        let lacking: Vec<(Vec<u8>, SiblingSet, usize)> = page
                             .entries
                             .iter()
                             .zip(have)
                             .filter(|(_, has)| !has)
-                            .map(|((key, set, _), _)| (key.clone(), set.clone()))
+                            .map(|((key, set, _, len), _)| (key.clone(), set.clone(), *len))
                             .collect();
                         page.writes += lacking.len();
-                        for (key, set) in lacking {
+                        for (key, set, len) in lacking {
                             self.stats.keys_handed_off += 1;
-                            self.stats.bytes_handed_off += set.encode().len() as u64;
+                            self.stats.bytes_handed_off += len as u64;
                             let write = self.next_op();
                             let request = PeerRequest::Write { partition, key, set, hint: None };
                             out.push(Action::Send { op: write, to: from, request });
@@ -522,7 +531,7 @@ impl Coordinator {
     pub(super) fn on_transfer_timer(&mut self, now: Duration, op: OpId, out: &mut Vec<Action>) {
         let Some(Operation::Transfer(transfer)) = self.operations.get_mut(&op) else { return };
         match transfer {
-            TransferOp::Pull { partition, merging: false, .. } => {
+            TransferOp::Pull { partition, merging: None, .. } => {
                 let partition = *partition;
                 self.pull_failed(now, op, partition);
             }
@@ -573,7 +582,7 @@ impl Coordinator {
             return self.page_ended(now, op, false, out);
         }
         page.stage = Stage::Removing;
-        let keys = page.entries.iter().map(|(key, _, token)| (key.clone(), *token)).collect();
+        let keys = page.entries.iter().map(|(key, _, token, _)| (key.clone(), *token)).collect();
         out.push(Action::Local { op, local: LocalOp::Remove { partition: page.partition, keys } });
     }
 
@@ -590,10 +599,83 @@ impl Coordinator {
         }
         sweep.current = match sweep.current.take() {
             Some((partition, _)) if more && !page.failed => {
-                Some((partition, page.entries.last().map(|(key, _, _)| key.clone())))
+                Some((partition, page.entries.last().map(|(key, _, _, _)| key.clone())))
             }
             _ => None,
         };
         self.sweep_more(now, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use holdfast_net::message::ErrorCode;
+    use holdfast_net::ring::Member;
+    use holdfast_net::{Actor, VersionVector};
+
+    use super::*;
+    use crate::cluster::ClusterOptions;
+    use crate::cluster::coordinator::Input;
+
+    fn member(id: NodeId) -> Member {
+        Member { id, addr: format!("10.0.0.{id}:7070"), weight: 1, zone: String::new() }
+    }
+
+    /// The scans `out` asks peers for: (op, partition, resume after).
+    fn scans(out: &[Action]) -> Vec<(OpId, u32, Option<Vec<u8>>)> {
+        out.iter()
+            .filter_map(|action| match action {
+                Action::Send {
+                    op, request: PeerRequest::Scan { partition, after, .. }, ..
+                } => Some((*op, *partition, after.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_whose_merge_failed_is_pulled_again_and_the_node_is_not_ready() {
+        let options = ClusterOptions { n: 2, r: 1, w: 1, ..ClusterOptions::default() };
+        let ring = Ring::new(8, vec![member(1), member(2)], 1).unwrap();
+        let next = ring.rebalance(vec![member(1), member(2), member(3)]).unwrap();
+        let mut coordinator = Coordinator::new(3, options);
+        coordinator.set_ring(Arc::new(ring.clone()));
+        coordinator.set_next_ring(Some(Arc::new(next)));
+        let at = Duration::from_millis;
+        let mut out = Vec::new();
+        coordinator.handle(at(0), Input::Tick, &mut out);
+        let load = out.iter().find_map(|action| match action {
+            Action::Local { op, local: LocalOp::Progress } => Some(*op),
+            _ => None,
+        });
+        out.clear();
+        let result = LocalResult::Progress(Vec::new());
+        coordinator.handle(at(1), Input::Local { op: load.unwrap(), result }, &mut out);
+        let (op, partition, after) = scans(&out)[0].clone();
+        assert_eq!(after, None);
+        let source = ring.preference_list(partition, 2)[0];
+
+        // The page arrives; its merge fails (say, the disk is full).
+        let mut set = SiblingSet::new();
+        set.write(Actor::new(1, 0), &VersionVector::new(), Some(b"v".to_vec())).unwrap();
+        let entries = vec![(b"k".to_vec(), set)];
+        let reply = PeerReply::Scanned { entries, more: false, bytes: 1 };
+        out.clear();
+        coordinator.handle(at(2), Input::Peer { op, from: source, reply }, &mut out);
+        assert!(matches!(&out[..], [Action::Local { local: LocalOp::Pulled { .. }, .. }]));
+        let result = LocalResult::Failed { code: ErrorCode::DiskFull, message: "full".into() };
+        out.clear();
+        coordinator.handle(at(3), Input::Local { op, result }, &mut out);
+
+        // The partition is neither done nor resumed past the lost page.
+        assert_eq!(coordinator.ready_for(), None);
+        assert_eq!(coordinator.stats().partitions_pulled, 0);
+        out.clear();
+        coordinator.handle(at(1000), Input::Tick, &mut out);
+        let again = scans(&out);
+        assert!(
+            again.iter().any(|(_, p, after)| *p == partition && after.is_none()),
+            "partition {partition} is pulled again from the start: {again:?}"
+        );
     }
 }
