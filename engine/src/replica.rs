@@ -31,6 +31,23 @@
 //! and then drops the hint only if its token is unchanged, so a hinted
 //! write that lands meanwhile is delivered by the next pass, never lost.
 //! Hints survive restarts because they are ordinary store records.
+//!
+//! # Merkle trees
+//!
+//! Every data partition's keys are summarised in a Merkle tree
+//! (`trees`), updated as each write is queued; anti-entropy compares them
+//! between replicas ([`Replica::tree_hashes`], [`Replica::leaf_entries`]).
+//! After open the trees are built in the background
+//! ([`Replica::build_trees`]) and a partition is not comparable until its
+//! tree is.
+//!
+//! # Corrupt records
+//!
+//! A key whose record fails its checksum is never served (reads report the
+//! corruption). A write or merge of it treats it as lost: it starts from an
+//! empty set, after moving the partition's actor epoch on (the lost set may
+//! hold dots this node issued, which must never be issued again), so
+//! anti-entropy and read repair can put the replicas' versions back.
 
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -43,9 +60,16 @@ use holdfast_net::siblings::{DecodeError, DecodeLimits, VERSIONS_MAX};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 
 use crate::cluster::coordinator::{Hint, LocalOp, LocalResult, Progress, set_token};
+use crate::cluster::merkle::{self, DEPTH, LEAVES};
 use crate::disk::Disk;
 use crate::store::{ReadError, Store, WriteError};
 use holdfast_net::ring::NodeId;
+
+mod trees;
+
+/// The most entries one [`Replica::leaf_entries`] answer lists: a bound on
+/// its frame. Keys beyond it are compared in a later exchange.
+pub const LEAF_ENTRIES_MAX: usize = 4096;
 
 /// Why a replica operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +112,9 @@ impl ReplicaError {
 /// The write latches of the keys being written, by `(partition, key)`.
 type Latches = RefCell<AHashMap<(u32, Box<[u8]>), Arc<Mutex<()>>>>;
 
-/// Per key being written: its newest queued set, and how many of its
-/// writes are in flight.
-type QueuedSets = AHashMap<(u32, Box<[u8]>), (SiblingSet, u32)>;
+/// Per key being written: its newest queued set, how many of its writes
+/// are in flight, and the set's Merkle entry hash.
+type QueuedSets = AHashMap<(u32, Box<[u8]>), (SiblingSet, u32, u64)>;
 
 /// The keys of one shard's store, as sibling sets.
 #[derive(Debug)]
@@ -104,12 +128,17 @@ pub struct Replica<D: Disk> {
     pending: RefCell<QueuedSets>,
     /// Actor epochs by partition, as read from the store (see `remove`).
     epochs: RefCell<AHashMap<u32, u32>>,
+    /// The Merkle tree of every data partition.
+    trees: RefCell<trees::Trees>,
 }
 
 impl<D: Disk> Replica<D> {
     /// A replica over `store`, writing as `actor`.
     pub fn new(store: Store<D>, actor: Actor) -> Replica<D> {
         let value_bytes_max = u32::try_from(store.options().value_bytes_max).unwrap_or(u32::MAX);
+        let special = HINT_PARTITION_BIT | META_PARTITION_BIT;
+        let held = store.live_partitions().into_iter().filter(|p| p & special == 0);
+        let trees = RefCell::new(trees::Trees::new(held));
         Replica {
             store,
             actor,
@@ -119,6 +148,7 @@ impl<D: Disk> Replica<D> {
             latches: RefCell::new(AHashMap::new()),
             pending: RefCell::new(AHashMap::new()),
             epochs: RefCell::new(AHashMap::new()),
+            trees,
         }
     }
 
@@ -337,22 +367,32 @@ impl<D: Disk> Replica<D> {
     ) -> Result<(SiblingSet, Option<T>), ReplicaError> {
         let (set, outcome, commit) = {
             let _latch = self.latch(partition, key).await;
-            let queued =
-                self.pending.borrow().get(&(partition, key.into())).map(|(set, _)| set.clone());
+            let queued = self
+                .pending
+                .borrow()
+                .get(&(partition, key.into()))
+                .map(|(set, _, entry)| (set.clone(), Some(*entry)));
             let in_flight = queued.is_some();
-            let mut set = match queued {
-                Some(set) => set,
+            let (mut set, old) = match queued {
+                Some(queued) => queued,
                 // No write of the key is in flight: the store has the newest.
-                None => self.read(partition, key).await?,
+                None => self.read_for_update(partition, key).await?,
             };
             match change(&mut set)? {
                 Some(outcome) => {
-                    let commit = self.store.enqueue_put(partition, key, &set.encode())?;
+                    let bytes = set.encode();
+                    let commit = self.store.enqueue_put(partition, key, &bytes)?;
+                    let new = merkle::entry_hash(key, &bytes);
+                    if is_data(partition) {
+                        self.trees.borrow_mut().written(partition, key, old, Some(new));
+                    }
                     let mut pending = self.pending.borrow_mut();
-                    let entry =
-                        pending.entry((partition, key.into())).or_insert_with(|| (set.clone(), 0));
+                    let entry = pending
+                        .entry((partition, key.into()))
+                        .or_insert_with(|| (set.clone(), 0, new));
                     entry.0.clone_from(&set);
                     entry.1 += 1;
+                    entry.2 = new;
                     (set, Some(outcome), Some(commit))
                 }
                 // Unchanged and durable: nothing to wait for.
@@ -378,8 +418,58 @@ impl<D: Disk> Replica<D> {
                 entry.remove();
             }
         }
+        if result.is_err() && is_data(partition) {
+            // The tree counted a write the store may not have made.
+            self.trees.borrow_mut().invalidate(partition);
+        }
         result?;
         Ok((set, outcome))
+    }
+
+    /// The key's stored set and its Merkle entry, for a read-modify-write
+    /// under its latch. A corrupt record is taken as lost (see the module
+    /// docs): the partition's actor epoch moves on and the key starts
+    /// from an empty set.
+    async fn read_for_update(
+        &self,
+        partition: u32,
+        key: &[u8],
+    ) -> Result<(SiblingSet, Option<u64>), ReplicaError> {
+        match self.store.get(partition, key).await {
+            Ok(Some(bytes)) => {
+                let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
+                Ok((set, Some(merkle::entry_hash(key, &bytes))))
+            }
+            Ok(None) => Ok((SiblingSet::new(), None)),
+            Err(ReadError::Corrupt { segment, offset, .. }) => {
+                tracing::warn!(
+                    partition,
+                    segment = format_args!("{segment:016x}"),
+                    offset,
+                    "a corrupt record is rewritten: its key is taken as lost"
+                );
+                self.next_epoch(partition).await?;
+                if is_data(partition) {
+                    // The tree held the entry the record had before it rotted.
+                    self.trees.borrow_mut().invalidate(partition);
+                }
+                Ok((SiblingSet::new(), None))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Moves `partition`'s actor epoch on, durably: later writes there are
+    /// made by a fresh actor.
+    async fn next_epoch(&self, partition: u32) -> Result<(), ReplicaError> {
+        let epoch = self.epoch(partition).await?;
+        let next = epoch.checked_add(1).ok_or_else(|| {
+            ReplicaError::Metadata(format!("partition {partition}'s epochs are exhausted"))
+        })?;
+        let bytes = next.to_be_bytes();
+        self.store.put(EPOCH_SPACE, &partition.to_be_bytes(), &bytes).await?;
+        self.epochs.borrow_mut().insert(partition, next);
+        Ok(())
     }
 
     /// The actor this replica writes keys of a partition at `epoch` as:
@@ -509,22 +599,173 @@ impl<D: Disk> Replica<D> {
             if self.pending.borrow().contains_key(&(partition, key.as_slice().into())) {
                 continue;
             }
-            let set = self.read(partition, key).await?;
-            if set.is_empty() || token(&set) != *wanted {
+            let Some(bytes) = self.store.get(partition, key).await? else { continue };
+            if xxhash_rust::xxh3::xxh3_64(&bytes) != *wanted {
                 continue;
             }
+            let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
             let epoch = self.epoch(partition).await?;
             if set.highest_counter(self.actor_in(epoch)?) > 0 {
-                let next = epoch.checked_add(1).ok_or_else(|| {
-                    ReplicaError::Metadata(format!("partition {partition}'s epochs are exhausted"))
-                })?;
-                let bytes = next.to_be_bytes();
-                self.store.put(EPOCH_SPACE, &partition.to_be_bytes(), &bytes).await?;
-                self.epochs.borrow_mut().insert(partition, next);
+                self.next_epoch(partition).await?;
             }
-            self.store.remove(partition, key).await?;
+            let removed = self.store.remove(partition, key).await;
+            if is_data(partition) {
+                let mut trees = self.trees.borrow_mut();
+                match removed {
+                    Ok(_) => trees.written(partition, key, Some(merkle::entry_hash(key, &bytes)), None),
+                    Err(_) => trees.invalidate(partition),
+                }
+            }
+            removed?;
         }
         Ok(())
+    }
+
+    /// Builds the Merkle trees not built yet (after open, or after a failed
+    /// write made one unreliable), reading about `keys` keys, each under
+    /// its latch. Returns whether more remains to build. The node calls it
+    /// in the background until it returns `false` (and again later: a tree
+    /// can need building again).
+    pub async fn build_trees(&self, keys: usize) -> bool {
+        let Some((partition, after)) = self.trees.borrow().next_build() else { return false };
+        let page = self.store.keys(partition, after.as_deref(), keys.max(1));
+        if page.is_empty() {
+            self.trees.borrow_mut().build_done(partition, &after);
+            return self.trees.borrow().building() > 0;
+        }
+        let mut cursor = after;
+        for key in page {
+            let entry = {
+                let _latch = self.latch(partition, &key).await;
+                self.current_entry(partition, &key).await
+            };
+            if !self.trees.borrow_mut().build_read(partition, &cursor, &key, entry) {
+                break; // The build restarted meanwhile.
+            }
+            cursor = Some(key);
+        }
+        true
+    }
+
+    /// Partitions whose tree is not comparable yet (being built).
+    pub fn trees_building(&self) -> usize {
+        self.trees.borrow().building()
+    }
+
+    /// The Merkle entry of `key` as of its newest queued write; `None` if
+    /// it is absent or cannot be read (a corrupt record holds nothing
+    /// anti-entropy should compare against).
+    async fn current_entry(&self, partition: u32, key: &[u8]) -> Option<u64> {
+        if let Some((_, _, entry)) = self.pending.borrow().get(&(partition, key.into())) {
+            return Some(*entry);
+        }
+        match self.store.get(partition, key).await {
+            Ok(bytes) => bytes.map(|bytes| merkle::entry_hash(key, &bytes)),
+            Err(error) => {
+                tracing::warn!(partition, %error, "a key anti-entropy compares cannot be read");
+                None
+            }
+        }
+    }
+
+    /// The hashes of nodes `indices` of `level` of `partition`'s tree, or
+    /// `None` while it is being built.
+    pub fn tree_hashes(
+        &self,
+        partition: u32,
+        level: u8,
+        indices: &[u16],
+    ) -> Result<Option<Vec<u64>>, String> {
+        let level = usize::from(level);
+        if level > DEPTH {
+            return Err(format!("the trees have {DEPTH} levels below the root, not {level}"));
+        }
+        let width = LEAVES >> (4 * (DEPTH - level));
+        if let Some(index) = indices.iter().find(|&&index| usize::from(index) >= width) {
+            return Err(format!("level {level} has {width} nodes, not {index}"));
+        }
+        let trees = self.trees.borrow();
+        let Some(tree) = trees.tree(partition) else { return Ok(None) };
+        Ok(Some(indices.iter().map(|&index| tree.node(level, usize::from(index))).collect()))
+    }
+
+    /// The keys of `partition` in `leaves` of its tree with their entry
+    /// hashes, ascending by key (at most [`LEAF_ENTRIES_MAX`]); `None`
+    /// while the tree is being built.
+    pub async fn leaf_entries(
+        &self,
+        partition: u32,
+        leaves: &[u16],
+    ) -> Result<Option<Vec<(Vec<u8>, u64)>>, String> {
+        if self.trees.borrow().tree(partition).is_none() {
+            return Ok(None);
+        }
+        let mut wanted = vec![false; LEAVES];
+        for &leaf in leaves {
+            let slot = wanted.get_mut(usize::from(leaf)).ok_or(format!("no leaf {leaf}"))?;
+            *slot = true;
+        }
+        let mut keys: Vec<Box<[u8]>> = self.store.keys(partition, None, usize::MAX);
+        // Keys queued but not yet durable are in the tree too.
+        keys.extend(
+            self.pending
+                .borrow()
+                .keys()
+                .filter(|(p, _)| *p == partition)
+                .map(|(_, key)| key.clone()),
+        );
+        keys.retain(|key| wanted[merkle::leaf_of(key)]);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut entries = Vec::new();
+        for key in keys.into_iter().take(LEAF_ENTRIES_MAX) {
+            if let Some(entry) = self.current_entry(partition, &key).await {
+                entries.push((key.into_vec(), entry));
+            }
+        }
+        Ok(Some(entries))
+    }
+
+    /// The sets of those of `keys` this replica holds (readable), stopping
+    /// once their bytes reach `bytes`; and those bytes.
+    pub async fn fetch(
+        &self,
+        partition: u32,
+        keys: &[Vec<u8>],
+        bytes: usize,
+    ) -> Result<(Vec<(Vec<u8>, SiblingSet)>, u64), ReplicaError> {
+        let mut entries = Vec::new();
+        let mut total = 0;
+        for key in keys {
+            if total >= bytes {
+                break;
+            }
+            let stored = match self.store.get(partition, key).await {
+                Ok(Some(stored)) => stored,
+                // Lost here: nothing to send.
+                Ok(None) | Err(ReadError::Corrupt { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            total += stored.len();
+            let set = SiblingSet::decode(&stored, self.limits).map_err(ReplicaError::Stored)?;
+            entries.push((key.clone(), set));
+        }
+        Ok((entries, total as u64))
+    }
+
+    /// Merges every set, durably (sharing group commits); each key's set
+    /// after its merge.
+    pub async fn merge_all(
+        &self,
+        partition: u32,
+        entries: &[(Vec<u8>, SiblingSet)],
+    ) -> Result<Vec<(Vec<u8>, SiblingSet)>, ReplicaError> {
+        let merges = entries.iter().map(|(key, set)| self.merge(partition, key, set));
+        let mut merged = Vec::with_capacity(entries.len());
+        for ((key, _), result) in entries.iter().zip(futures::future::join_all(merges).await) {
+            merged.push((key.clone(), result?));
+        }
+        Ok(merged)
     }
 
     /// The data partitions this replica holds keys of (not hints, not
@@ -577,6 +818,28 @@ impl<D: Disk> Replica<D> {
             }
             LocalOp::Progress => self.progress().await.map_or_else(failed, LocalResult::Progress),
             LocalOp::Partitions => LocalResult::Partitions(self.data_partitions()),
+            LocalOp::TreeHashes { partition, level, indices } => {
+                match self.tree_hashes(partition, level, &indices) {
+                    Ok(hashes) => LocalResult::Hashes(hashes),
+                    Err(message) => LocalResult::Failed { code: ErrorCode::BadRequest, message },
+                }
+            }
+            LocalOp::LeafEntries { partition, leaves } => {
+                match self.leaf_entries(partition, &leaves).await {
+                    Ok(entries) => LocalResult::Entries(entries),
+                    Err(message) => LocalResult::Failed { code: ErrorCode::BadRequest, message },
+                }
+            }
+            LocalOp::Fetch { partition, keys, bytes } => {
+                self.fetch(partition, &keys, bytes).await.map_or_else(failed, |(entries, bytes)| {
+                    LocalResult::Scanned { entries, more: false, bytes }
+                })
+            }
+            LocalOp::MergeAll { partition, entries } => {
+                self.merge_all(partition, &entries).await.map_or_else(failed, |entries| {
+                    LocalResult::Scanned { entries, more: false, bytes: 0 }
+                })
+            }
         }
     }
 
@@ -597,6 +860,11 @@ impl<D: Disk> Replica<D> {
 /// writer waiting for it is done, so the map holds only keys in use.
 /// The bit that moves a partition into the store's hint space.
 pub const HINT_PARTITION_BIT: u32 = 1 << 31;
+
+/// Whether `partition` is a data partition (not hints, not metadata).
+fn is_data(partition: u32) -> bool {
+    partition & (HINT_PARTITION_BIT | META_PARTITION_BIT) == 0
+}
 
 /// A set's hint token: a stable hash of its canonical bytes.
 fn token(set: &SiblingSet) -> u64 {

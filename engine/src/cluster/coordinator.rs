@@ -100,7 +100,10 @@ use holdfast_net::{Dot, SiblingSet, VersionVector};
 use super::ClusterOptions;
 use super::detector::Detector;
 
+mod antientropy;
 mod transfer;
+
+pub use antientropy::RepairReport;
 
 /// Names one coordinated operation; the driver hands it back with the
 /// answers to the operation's actions. Never reused by one coordinator.
@@ -200,6 +203,16 @@ pub enum LocalOp {
     Progress,
     /// The partitions the replica holds keys of (not hints), ascending.
     Partitions,
+    /// The hashes of nodes `indices` at `level` of the partition's Merkle
+    /// tree (0 is the root, [`DEPTH`](crate::cluster::merkle::DEPTH) the leaves): anti-entropy.
+    TreeHashes { partition: u32, level: u8, indices: Vec<u16> },
+    /// The keys in these leaves of the partition's tree, with their entry
+    /// hashes ([`entry_hash`](crate::cluster::merkle::entry_hash)), ascending by key.
+    LeafEntries { partition: u32, leaves: Vec<u16> },
+    /// The sets of these keys (those present), stopping past `bytes`.
+    Fetch { partition: u32, keys: Vec<Vec<u8>>, bytes: usize },
+    /// Merge each set into its key's, durably: anti-entropy's repair.
+    MergeAll { partition: u32, entries: Vec<(Vec<u8>, SiblingSet)> },
 }
 
 /// How far this node got pulling a partition it gains in a pending ring.
@@ -233,7 +246,8 @@ pub enum LocalResult {
     /// `Hints`: the hints listed.
     Hints(Vec<Hint>),
     /// `Scan`: the page, whether keys follow it, and the bytes of its sets
-    /// as stored.
+    /// as stored. Also `Fetch` (the keys found) and `MergeAll` (each key's
+    /// set after the merge).
     Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool, bytes: u64 },
     /// `Compare`: per key asked, whether the replica holds that very set.
     Have(Vec<bool>),
@@ -241,6 +255,12 @@ pub enum LocalResult {
     Progress(Vec<Progress>),
     /// `Partitions`: the partitions.
     Partitions(Vec<u32>),
+    /// `TreeHashes`: one hash per index asked, or `None` while the tree is
+    /// not comparable yet (being built after a restart).
+    Hashes(Option<Vec<u64>>),
+    /// `LeafEntries`: `(key, entry hash)`, ascending by key; `None` while
+    /// the tree is not comparable yet.
+    Entries(Option<Vec<(Vec<u8>, u64)>>),
     /// Any of them failed.
     Failed { code: ErrorCode, message: String },
 }
@@ -264,9 +284,33 @@ pub enum PeerRequest {
     /// peer refuses unless it replicates the partition, now or in the
     /// pending ring.
     Offer { partition: u32, keys: Vec<(Vec<u8>, u64)> },
+    /// Anti-entropy: hashes of the peer's tree of a partition.
+    TreeHashes { partition: u32, level: u8, indices: Vec<u16> },
+    /// Anti-entropy: the keys and entry hashes in leaves of its tree.
+    LeafEntries { partition: u32, leaves: Vec<u16> },
+    /// Anti-entropy: the peer's sets of these keys.
+    Fetch { partition: u32, keys: Vec<Vec<u8>>, bytes: usize },
+    /// Anti-entropy: merge these sets, durably (repair).
+    Repair { partition: u32, entries: Vec<(Vec<u8>, SiblingSet)> },
 }
 
 impl PeerRequest {
+    /// Whether the peer must replicate the request's partition (by its own
+    /// current or pending ring) to answer it: transfers and anti-entropy.
+    /// Two nodes whose rings differ must never hand a key to each other
+    /// and both drop it, nor compare trees of a partition one does not
+    /// keep.
+    pub fn partition_checked(&self) -> Option<u32> {
+        match self {
+            PeerRequest::Offer { partition, .. }
+            | PeerRequest::TreeHashes { partition, .. }
+            | PeerRequest::LeafEntries { partition, .. }
+            | PeerRequest::Fetch { partition, .. }
+            | PeerRequest::Repair { partition, .. } => Some(*partition),
+            _ => None,
+        }
+    }
+
     /// The operation a peer's replica runs to answer this request; `None`
     /// for the requests a driver answers itself (`Coordinate`, `Ping`).
     pub fn into_local(self) -> Option<LocalOp> {
@@ -279,6 +323,16 @@ impl PeerRequest {
                 LocalOp::Scan { partition, after, keys, bytes }
             }
             PeerRequest::Offer { partition, keys } => LocalOp::Compare { partition, keys },
+            PeerRequest::TreeHashes { partition, level, indices } => {
+                LocalOp::TreeHashes { partition, level, indices }
+            }
+            PeerRequest::LeafEntries { partition, leaves } => {
+                LocalOp::LeafEntries { partition, leaves }
+            }
+            PeerRequest::Fetch { partition, keys, bytes } => {
+                LocalOp::Fetch { partition, keys, bytes }
+            }
+            PeerRequest::Repair { partition, entries } => LocalOp::MergeAll { partition, entries },
             PeerRequest::Coordinate(_) | PeerRequest::Ping => return None,
         })
     }
@@ -299,6 +353,10 @@ pub enum PeerReply {
     Scanned { entries: Vec<(Vec<u8>, SiblingSet)>, more: bool, bytes: u64 },
     /// To `Offer`.
     Have(Vec<bool>),
+    /// To `TreeHashes` (`None`: the peer's tree is not comparable yet).
+    Hashes(Option<Vec<u64>>),
+    /// To `LeafEntries` (`None`: not comparable yet).
+    Entries(Option<Vec<(Vec<u8>, u64)>>),
     /// The peer refused, or could not be reached, or the connection broke
     /// (`Unavailable` is reserved for the last two: the peer is suspected).
     Failed { code: ErrorCode, message: String },
@@ -315,6 +373,8 @@ impl PeerReply {
                 PeerReply::Scanned { entries, more, bytes }
             }
             LocalResult::Have(have) => PeerReply::Have(have),
+            LocalResult::Hashes(hashes) => PeerReply::Hashes(hashes),
+            LocalResult::Entries(entries) => PeerReply::Entries(entries),
             LocalResult::Failed { code, message } => PeerReply::Failed { code, message },
             other => PeerReply::Failed {
                 code: ErrorCode::Internal,
@@ -340,6 +400,11 @@ pub enum Input {
     /// tick every few milliseconds (and at least every tenth of the
     /// heartbeat interval).
     Tick,
+    /// An operator asks for anti-entropy now (`holdfast admin repair`):
+    /// exchange `partitions` (every partition of this shard this node
+    /// replicates, for `None`) with each of their other replicas, then
+    /// answer with [`Action::Repaired`] and the same `ticket`.
+    Repair { ticket: u64, partitions: Option<Vec<u32>> },
 }
 
 /// What the driver must do.
@@ -357,6 +422,8 @@ pub enum Action {
     Send { op: OpId, to: NodeId, request: PeerRequest },
     /// Hand back [`Input::Timer`] for `op` once `now >= at`.
     Timer { op: OpId, at: Duration },
+    /// The repair asked for by [`Input::Repair`] with `ticket` is done.
+    Repaired { ticket: u64, report: RepairReport },
 }
 
 /// Counters an operator (and `holdfast status`) can read.
@@ -393,6 +460,13 @@ pub struct CoordinatorStats {
     /// Partitions the last sweep pass found held here for others and could
     /// not hand off (an owner down or refusing): a gauge.
     pub partitions_waiting: u64,
+    /// Anti-entropy: what its exchanges compared and repaired, in total.
+    pub anti_entropy: RepairReport,
+    /// Anti-entropy rounds completed: every (partition, peer) pair of this
+    /// shard compared once, each successfully.
+    pub anti_entropy_rounds: u64,
+    /// When the last such round ended (the driver's clock).
+    pub anti_entropy_last_round: Option<Duration>,
 }
 
 impl std::ops::AddAssign for CoordinatorStats {
@@ -415,6 +489,9 @@ impl std::ops::AddAssign for CoordinatorStats {
             bytes_handed_off,
             keys_removed,
             partitions_waiting,
+            anti_entropy,
+            anti_entropy_rounds,
+            anti_entropy_last_round,
         } = other;
         self.reads += reads;
         self.writes += writes;
@@ -433,6 +510,10 @@ impl std::ops::AddAssign for CoordinatorStats {
         self.bytes_handed_off += bytes_handed_off;
         self.keys_removed += keys_removed;
         self.partitions_waiting += partitions_waiting;
+        self.anti_entropy += anti_entropy;
+        // Not sums: a node's rounds are its slowest shard's (the driver
+        // takes the minimum over its shards).
+        let _ = (anti_entropy_rounds, anti_entropy_last_round);
     }
 }
 
@@ -453,6 +534,7 @@ pub struct Coordinator {
     shard: u32,
     shards: u32,
     transfers: transfer::Transfers,
+    anti_entropy: antientropy::AntiEntropy,
 }
 
 #[derive(Debug)]
@@ -468,6 +550,8 @@ enum Operation {
     Deliver(DeliverOp),
     /// Ownership transfer: see [`transfer`].
     Transfer(transfer::TransferOp),
+    /// An anti-entropy exchange: see [`antientropy`].
+    AntiEntropy(antientropy::Exchange),
 }
 
 /// Where a request goes: the key's owners, each replaced by a fallback if
@@ -585,6 +669,7 @@ impl Coordinator {
             shard: 0,
             shards: 1,
             transfers: transfer::Transfers::default(),
+            anti_entropy: antientropy::AntiEntropy::default(),
         }
     }
 
@@ -684,6 +769,9 @@ impl Coordinator {
             Input::Peer { op, from, reply } => self.on_peer(now, op, from, reply, out),
             Input::Timer { op } => self.on_timer(now, op, out),
             Input::Tick => self.on_tick(now, out),
+            Input::Repair { ticket, partitions } => {
+                self.request_repair(now, ticket, partitions, out);
+            }
         }
     }
 
@@ -902,6 +990,7 @@ impl Coordinator {
                 self.on_hints_listed(now, result, out);
             }
             Some(Operation::Transfer(_)) => self.on_transfer_local(now, op, result, out),
+            Some(Operation::AntiEntropy(_)) => self.on_anti_entropy_local(now, op, result, out),
             Some(Operation::Deliver(deliver)) => match result {
                 LocalResult::Read(set) if !deliver.sent => {
                     deliver.sent = true;
@@ -1029,6 +1118,9 @@ impl Coordinator {
                 }
             }
             Some(Operation::Transfer(_)) => self.on_transfer_peer(now, op, from, reply, out),
+            Some(Operation::AntiEntropy(_)) => {
+                self.on_anti_entropy_peer(now, op, from, reply, out);
+            }
             Some(Operation::Repair) | Some(Operation::ListHints) | None => {}
         }
     }
@@ -1141,6 +1233,7 @@ impl Coordinator {
             }
             Operation::ListHints => {}
             Operation::Transfer(_) => self.on_transfer_timer(now, op, out),
+            Operation::AntiEntropy(_) => self.on_anti_entropy_timer(now, op, out),
         }
     }
 
@@ -1279,6 +1372,7 @@ impl Coordinator {
         }
         self.deliver_more(out);
         self.transfer_tick(now, out);
+        self.anti_entropy_tick(now, out);
     }
 
     /// Starts deliveries while the budget and the bound allow, listing the

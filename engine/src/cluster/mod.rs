@@ -50,6 +50,15 @@ pub struct ClusterOptions {
     /// Keys pulled (for partitions gained in a membership change) and
     /// handed off (for partitions lost) per second at most, per shard.
     pub transfer_keys_per_second: u32,
+    /// Anti-entropy: every (partition, replica peer) pair of a node is
+    /// compared once per period (the exchanges are spread evenly over it);
+    /// zero switches anti-entropy off.
+    pub anti_entropy_period: Duration,
+    /// Anti-entropy's budget per shard: keys listed, fetched and sent per
+    /// second at most...
+    pub anti_entropy_keys_per_second: u32,
+    /// ...and bytes of sets fetched and sent per second at most.
+    pub anti_entropy_bytes_per_second: u64,
 }
 
 impl Default for ClusterOptions {
@@ -66,6 +75,9 @@ impl Default for ClusterOptions {
             handoff_in_flight: 8,
             handoff_keys_per_second: 2_000,
             transfer_keys_per_second: 20_000,
+            anti_entropy_period: Duration::from_secs(10),
+            anti_entropy_keys_per_second: 20_000,
+            anti_entropy_bytes_per_second: 16 << 20,
         }
     }
 }
@@ -101,6 +113,11 @@ impl ClusterOptions {
         }
         if self.transfer_keys_per_second == 0 {
             return Err("transfers need at least one key per second".into());
+        }
+        if self.anti_entropy_keys_per_second == 0 || self.anti_entropy_bytes_per_second == 0 {
+            return Err("anti-entropy needs a budget of at least one key and byte per second \
+                        (switch it off with a zero period instead)"
+                .into());
         }
         Ok(())
     }

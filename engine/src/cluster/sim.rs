@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::coordinator::{
     Action, ClientRef, ClientReply, ClientRequest, Coordinator, Input, LocalOp, OpId, PeerReply,
-    PeerRequest,
+    PeerRequest, RepairReport,
 };
 use super::gossip::{Gossip, GossipAction, GossipMessage, GossipOptions, Peer};
 use super::history::{self, Call, CheckOptions, FinalState, History, Outcome, Presence, Report};
@@ -252,6 +252,8 @@ impl Event {
 
 /// How often a simulated node ticks.
 const TICK: Duration = Duration::from_millis(25);
+/// Keys a simulated node reads per tick building its Merkle trees.
+const TREE_KEYS_PER_TICK: usize = 16;
 
 struct Scheduled {
     at: Duration,
@@ -346,6 +348,9 @@ pub struct Sim {
     next_value: u64,
     stats: SimStats,
     actions: Vec<Action>,
+    /// Operators' repairs that ended, by ticket.
+    repairs: BTreeMap<u64, RepairReport>,
+    next_ticket: u64,
 }
 
 impl Sim {
@@ -391,6 +396,8 @@ impl Sim {
             next_value: 0,
             stats: SimStats::default(),
             actions: Vec::new(),
+            repairs: BTreeMap::new(),
+            next_ticket: 0,
             nodes,
             options,
         };
@@ -529,6 +536,78 @@ impl Sim {
         if self.nodes[at].gossip.set_status(id, MemberStatus::Left, &mut out).is_ok() {
             self.gossip_actions(at, out);
         }
+    }
+
+    /// `node` loses its disk: it is stopped, and started again on an empty
+    /// one as the same member (an operator replaced the disk and started
+    /// it with its old id). Its earlier life's actors are unknown to it, so
+    /// it writes as an incarnation drawn at random far from them (see
+    /// `identity`).
+    pub fn wipe(&mut self, node: usize) {
+        self.crash(node);
+        self.nodes[node].disk = SimDisk::new(SimDiskOptions::new(self.rng.random()));
+        self.nodes[node].incarnation = self.rng.random_range(1 << 30..1 << 31);
+        self.restart(node);
+    }
+
+    /// Corrupts the stored records of `key` on `node`'s disk (bit rot
+    /// under a running node); reads of it then report the corruption.
+    pub fn corrupt(&mut self, node: usize, key: &[u8]) -> bool {
+        let Some(running) = self.nodes[node].running.as_ref() else { return false };
+        let partition = self.ring.partition_of(key);
+        let Ok(Some(value)) = block_on(running.replica.store().get(partition, key)) else {
+            return false;
+        };
+        // Drop the store's cache so the next read goes to the disk.
+        let flipped = self.nodes[node].disk.corrupt_bytes(&value);
+        if flipped {
+            running.replica.store().clear_cache();
+        }
+        flipped
+    }
+
+    /// Asks `node` to run anti-entropy now for `partitions` (all of them
+    /// for `None`) and runs until it reports; the report.
+    pub fn repair(&mut self, node: usize, partitions: Option<Vec<u32>>) -> Option<RepairReport> {
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.step(node, Input::Repair { ticket, partitions });
+        while !self.repairs.contains_key(&ticket) && self.run_one() {}
+        self.repairs.remove(&ticket)
+    }
+
+    /// Per partition of the ring, whether every running replica's tree is
+    /// comparable and all their roots agree; the partitions that do not.
+    pub fn trees_differing(&self) -> Vec<u32> {
+        let n = usize::from(self.options.cluster.n);
+        let mut differing = Vec::new();
+        for partition in 0..self.ring.partitions() {
+            let mut roots = Vec::new();
+            for id in self.ring.preference_list(partition, n) {
+                let Some(running) = self.nodes[self.index_of(id)].running.as_ref() else {
+                    continue;
+                };
+                roots.push(running.replica.tree_hashes(partition, 0, &[0]).ok().flatten());
+            }
+            if roots.iter().any(Option::is_none) || roots.windows(2).any(|w| w[0] != w[1]) {
+                differing.push(partition);
+            }
+        }
+        differing
+    }
+
+    /// Runs until every partition's replicas have equal trees or `limit`
+    /// of virtual time passed; how long it took, if they converged.
+    pub fn converge_trees(&mut self, limit: Duration) -> Option<Duration> {
+        let start = self.now;
+        while self.now < start + limit {
+            if self.trees_differing().is_empty() {
+                return Some(self.now - start);
+            }
+            let step = self.now + Duration::from_millis(50);
+            self.run_until(step);
+        }
+        None
     }
 
     /// Whether `node` has left (by its own gossip) or was removed.
@@ -746,6 +825,9 @@ impl Sim {
                     let delay = at.saturating_sub(self.now);
                     self.schedule(delay, Event::Timer { node, epoch, op });
                 }
+                Action::Repaired { ticket, report } => {
+                    self.repairs.insert(ticket, report);
+                }
             }
         }
         self.actions = actions;
@@ -814,7 +896,12 @@ impl Sim {
                 }
             }
             Event::Tick { node, epoch } => {
-                if self.nodes[node].epoch == epoch && self.nodes[node].running.is_some() {
+                if let Some(running) = self.nodes[node].running.as_ref()
+                    && self.nodes[node].epoch == epoch
+                {
+                    // Trees are built in the background after a start, a
+                    // few keys per tick (as the node does between requests).
+                    block_on(running.replica.build_trees(TREE_KEYS_PER_TICK));
                     self.step(node, Input::Tick);
                     self.membership_upkeep(node);
                     self.schedule(TICK, Event::Tick { node, epoch });
@@ -916,14 +1003,11 @@ impl Sim {
                 self.step(node, Input::Local { op, result });
             }
             Work::Serve { from, op, epoch, request } => {
-                let offer = match &request {
-                    PeerRequest::Offer { partition, .. } => Some(*partition),
-                    _ => None,
-                };
-                let reply = match (offer, request.into_local()) {
+                let checked = request.partition_checked();
+                let reply = match (checked, request.into_local()) {
                     (Some(partition), _) if !running.coordinator.replicates(partition) => {
                         PeerReply::Failed {
-                            code: ErrorCode::BadRequest,
+                            code: ErrorCode::NotReplica,
                             message: "this node does not replicate the partition".into(),
                         }
                     }
@@ -1042,6 +1126,13 @@ impl Sim {
     /// heal, restarts, a read of every key at R=N (whose read repair brings
     /// every replica up to date) and the check of the whole history.
     pub fn run_workload(&mut self) -> Report {
+        self.run_clients();
+        self.settle_and_check()
+    }
+
+    /// The random workload with the faults the options ask for, run until
+    /// the clients are done and the cluster is quiet; nothing is healed.
+    pub fn run_clients(&mut self) {
         for client in 0..self.clients.len() {
             let start = self.random_delay(Duration::ZERO, Duration::from_millis(2));
             self.schedule(start, Event::ClientNext { client });
@@ -1087,7 +1178,6 @@ impl Sim {
             self.schedule(at, event);
         }
         self.run_to_quiescence();
-        self.settle_and_check()
     }
 
     /// The nodes that are members (not left, not removed).
@@ -1166,6 +1256,29 @@ impl Sim {
         self.membership_settled()
     }
 
+    /// Heals the network for good (no more loss or duplicates either) and
+    /// restarts every crashed node (not removed ones); reads nothing.
+    pub fn heal_network(&mut self) {
+        self.heal();
+        self.options.network = NetworkFaults::none();
+        for node in 0..self.nodes.len() {
+            self.restart(node);
+        }
+    }
+
+    /// Every key a client asked about.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        self.keys.iter().cloned().collect()
+    }
+
+    /// `node`'s own replica of `key`: its set, or the read's error (a
+    /// corrupt record); `None` if the node is down.
+    pub fn try_inspect(&self, node: usize, key: &[u8]) -> Option<Result<SiblingSet, String>> {
+        let running = self.nodes[node].running.as_ref()?;
+        let partition = self.ring.partition_of(key);
+        Some(block_on(running.replica.read(partition, key)).map_err(|error| error.to_string()))
+    }
+
     /// Heals everything, reads every key at R=N through a rotating node, and
     /// checks the history against every replica's final state.
     pub fn settle_and_check(&mut self) -> Report {
@@ -1173,13 +1286,9 @@ impl Sim {
         let clean = self.options.network.loss == 0.0
             && !self.options.crashes
             && !self.options.partitions_during_run;
-        self.heal();
         // The network is healed for good: no more loss or duplicates, so the
         // final reads and their repairs all arrive.
-        self.options.network = NetworkFaults::none();
-        for node in 0..self.nodes.len() {
-            self.restart(node);
-        }
+        self.heal_network();
         self.run_to_quiescence();
         // Joins finish, leavers hand over and leave, removed nodes'
         // partitions are copied again, and every node agrees on the ring.

@@ -526,6 +526,34 @@ impl SimDisk {
         });
     }
 
+    /// Test helper: flips a bit in the middle of every occurrence of
+    /// `pattern` in every named file, in both images (bit rot under a
+    /// running node). Whether any was found.
+    pub fn corrupt_bytes(&self, pattern: &[u8]) -> bool {
+        if pattern.is_empty() {
+            return false;
+        }
+        let names: Vec<String> = self.state.borrow().names.keys().cloned().collect();
+        let mut found = false;
+        for name in names {
+            self.with_named(&name, |inode| {
+                for image in [&mut inode.current, &mut inode.durable] {
+                    let hits: Vec<usize> = image
+                        .windows(pattern.len())
+                        .enumerate()
+                        .filter(|(_, window)| *window == pattern)
+                        .map(|(at, _)| at)
+                        .collect();
+                    for at in hits {
+                        image[at + pattern.len() / 2] ^= 0x10;
+                        found = true;
+                    }
+                }
+            });
+        }
+        found
+    }
+
     /// Test helper: cuts or extends `name` to `len` bytes in both images, as
     /// a torn tail would leave it.
     pub fn truncate_durably(&self, name: &str, len: u64) {

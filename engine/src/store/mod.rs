@@ -893,6 +893,13 @@ impl<D: Disk> Store<D> {
         Err(ReadError::Corrupt { segment: at.segment, offset: at.offset, detail })
     }
 
+    /// Drops every cached value, so that the next reads go to the disk (for
+    /// tests that damage the disk under a running store).
+    pub fn clear_cache(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.cache = Cache { bytes_max: inner.cache.bytes_max, ..Cache::default() };
+    }
+
     /// Up to `limit` keys of `partition`, ascending, starting after `after`.
     /// The order is stable, so a caller can resume from the last key seen.
     pub fn keys(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> Vec<Box<[u8]>> {

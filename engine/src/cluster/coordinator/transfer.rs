@@ -174,7 +174,7 @@ impl Coordinator {
         self.transfers.next.clone().filter(|next| next.version() > ring.version())
     }
 
-    fn mine(&self, partition: u32) -> bool {
+    pub(super) fn mine(&self, partition: u32) -> bool {
         partition % self.shards == self.shard
     }
 
