@@ -217,3 +217,23 @@ fn an_operator_repair_runs_at_once_and_reports() {
         assert_eq!((report.exchanges, report.keys_repaired), (2, 0), "seed {seed}: {report:?}");
     });
 }
+
+#[test]
+fn the_budget_paces_a_big_repair() {
+    for_seeds(10, |seed| {
+        let mut options = options(seed);
+        // 400 keys to send plus about as many leaf entries to list, at 200
+        // keys a second per node: a few seconds, not one tick.
+        options.cluster.anti_entropy_keys_per_second = 200;
+        let mut sim = Sim::new(options);
+        let keys = load(&mut sim, 400, 3, seed);
+        sim.run_to_quiescence();
+        sim.wipe(0);
+        let took = sim.converge_trees(Duration::from_secs(60)).unwrap_or_else(|| {
+            panic!("seed {seed}: {:?} still differ", sim.trees_differing())
+        });
+        assert!(took >= Duration::from_millis(1500), "seed {seed}: the budget did not hold: {took:?}");
+        sim.run_to_quiescence();
+        assert_replicas_identical(&sim, &keys, seed);
+    });
+}

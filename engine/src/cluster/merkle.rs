@@ -1,11 +1,12 @@
 //! The per-partition Merkle tree that anti-entropy compares between replicas.
 //!
-//! Each replica keeps one [`MerkleTree`] per partition it holds. The tree
-//! summarises the partition's keys so that two replicas can find the keys
-//! on which they disagree by exchanging a few hashes instead of every key.
-//! This module is only the tree and a model of the comparison
-//! ([`diff_leaves`]); the sans-IO exchange between replicas, persistence of
-//! snapshots and the repair of the keys found are later pieces.
+//! Each replica keeps one [`MerkleTree`] per partition it holds
+//! ([`crate::replica`] updates it on every write and builds it after open).
+//! The tree summarises the partition's keys so that two replicas can find
+//! the keys on which they disagree by exchanging a few hashes instead of
+//! every key. This module is the tree and a model of the comparison
+//! ([`diff_leaves`]); the exchange between replicas is the coordinator's
+//! (`coordinator::antientropy`).
 //!
 //! # Structure
 //!
