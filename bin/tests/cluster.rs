@@ -402,7 +402,11 @@ fn concurrent_puts_gets_and_deletes_through_every_node_pass_the_history_check() 
     }
 
     let history = log.history.into_inner().unwrap();
-    let options = CheckOptions { presence: Presence::Every, reads_see_acknowledged_writes: true };
+    let options = CheckOptions {
+        presence: Presence::Every,
+        reads_see_acknowledged_writes: true,
+        tombstones_reaped: false,
+    };
     let report = history.check(&finals, &options);
     report.assert_ok("real three-node cluster");
     let stats = report.stats;

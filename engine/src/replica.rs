@@ -50,6 +50,7 @@
 //! anti-entropy and read repair can put the replicas' versions back.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
@@ -58,6 +59,7 @@ use futures::lock::{Mutex, OwnedMutexGuard};
 use holdfast_net::message::ErrorCode;
 use holdfast_net::siblings::{DecodeError, DecodeLimits, VERSIONS_MAX};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::cluster::coordinator::{Hint, LocalOp, LocalResult, Progress, set_token};
 use crate::cluster::merkle::{self, DEPTH, LEAVES};
@@ -130,6 +132,12 @@ pub struct Replica<D: Disk> {
     epochs: RefCell<AHashMap<u32, u32>>,
     /// The Merkle tree of every data partition.
     trees: RefCell<trees::Trees>,
+    /// Per data partition, the keys whose sets are only tombstones, with
+    /// their tokens: what anti-entropy may reap.
+    tombstones: RefCell<AHashMap<u32, BTreeMap<Box<[u8]>, u64>>>,
+    /// Counter floors by partition, as read from the store: the actor
+    /// (incarnation) they are for, and the floor (see `reap`).
+    floors: RefCell<AHashMap<u32, (u32, u64)>>,
 }
 
 impl<D: Disk> Replica<D> {
@@ -149,6 +157,8 @@ impl<D: Disk> Replica<D> {
             pending: RefCell::new(AHashMap::new()),
             epochs: RefCell::new(AHashMap::new()),
             trees,
+            tombstones: RefCell::new(AHashMap::new()),
+            floors: RefCell::new(AHashMap::new()),
         }
     }
 
@@ -185,12 +195,19 @@ impl<D: Disk> Replica<D> {
         value: Option<Vec<u8>>,
     ) -> Result<(SiblingSet, Dot), ReplicaError> {
         let epoch = self.epoch(partition).await?;
+        self.floor(partition).await?;
         let (set, dot) = self
             .update(partition, key, |set| {
-                // Read again under the key's latch: a removal of this key
-                // may have moved the epoch on while the write waited.
+                // Read again under the key's latch: a removal or a reap of
+                // this key may have moved the epoch or the floor on while
+                // the write waited.
                 let epoch = self.epochs.borrow().get(&partition).copied().unwrap_or(epoch);
-                Ok(Some(set.write(self.actor_in(epoch)?, context, value)?))
+                let actor = self.actor_in(epoch)?;
+                let floor = match self.floors.borrow().get(&partition) {
+                    Some(&(incarnation, floor)) if incarnation == actor.incarnation => floor,
+                    _ => 0,
+                };
+                Ok(Some(set.write_above(actor, context, value, floor)?))
             })
             .await?;
         Ok((set, dot.expect("a write always changes the set")))
@@ -385,6 +402,8 @@ impl<D: Disk> Replica<D> {
                     let new = merkle::entry_hash(key, &bytes);
                     if is_data(partition) {
                         self.trees.borrow_mut().written(partition, key, old, Some(new));
+                        let token = set.is_tombstone_only().then(|| xxh3_64(&bytes));
+                        self.track_tombstone(partition, key, token);
                     }
                     let mut pending = self.pending.borrow_mut();
                     let entry = pending
@@ -600,7 +619,7 @@ impl<D: Disk> Replica<D> {
                 continue;
             }
             let Some(bytes) = self.store.get(partition, key).await? else { continue };
-            if xxhash_rust::xxh3::xxh3_64(&bytes) != *wanted {
+            if xxh3_64(&bytes) != *wanted {
                 continue;
             }
             let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
@@ -612,13 +631,121 @@ impl<D: Disk> Replica<D> {
             if is_data(partition) {
                 let mut trees = self.trees.borrow_mut();
                 match removed {
-                    Ok(_) => trees.written(partition, key, Some(merkle::entry_hash(key, &bytes)), None),
+                    Ok(_) => {
+                        trees.written(partition, key, Some(merkle::entry_hash(key, &bytes)), None)
+                    }
                     Err(_) => trees.invalidate(partition),
                 }
+                drop(trees);
+                self.track_tombstone(partition, key, None);
             }
             removed?;
         }
         Ok(())
+    }
+
+    /// Records whether `key` of data partition `partition` is now only
+    /// tombstones (with its set's token) or not (`None`).
+    fn track_tombstone(&self, partition: u32, key: &[u8], token: Option<u64>) {
+        let mut tombstones = self.tombstones.borrow_mut();
+        match token {
+            Some(token) => {
+                tombstones.entry(partition).or_default().insert(key.into(), token);
+            }
+            None => {
+                if let Some(keys) = tombstones.get_mut(&partition) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        tombstones.remove(&partition);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` keys of `partition` whose sets are only tombstones,
+    /// with their tokens, ascending by key. Keys not read since open (their
+    /// tree is still being built) are not listed yet.
+    pub fn tombstones(&self, partition: u32, limit: usize) -> Vec<(Vec<u8>, u64)> {
+        let tombstones = self.tombstones.borrow();
+        let Some(keys) = tombstones.get(&partition) else { return Vec::new() };
+        keys.iter().take(limit).map(|(key, &token)| (key.to_vec(), token)).collect()
+    }
+
+    /// Reaps tombstones every replica holds: removes each key whose set
+    /// still has its token and is only tombstones.
+    ///
+    /// Forgetting a key forgets the counters this node's actor issued for
+    /// it, and the next write of the key would issue them again. So before
+    /// a key goes, the partition's counter floor (for the current actor)
+    /// is raised durably to the highest counter of the actor the set
+    /// mentions, and writes in the partition issue dots above it (see
+    /// `SiblingSet::write_above`). Unlike the actor epoch a removal after
+    /// handoff moves on, a floor does not add an actor to later clocks, so
+    /// reaping may run forever.
+    pub async fn reap(&self, partition: u32, keys: &[(Vec<u8>, u64)]) -> Result<u64, ReplicaError> {
+        let mut reaped = 0;
+        for (key, wanted) in keys {
+            let _latch = self.latch(partition, key).await;
+            if self.pending.borrow().contains_key(&(partition, key.as_slice().into())) {
+                continue;
+            }
+            let Some(bytes) = self.store.get(partition, key).await? else { continue };
+            if xxh3_64(&bytes) != *wanted {
+                continue;
+            }
+            let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
+            if !set.is_tombstone_only() {
+                continue;
+            }
+            let actor = self.actor_in(self.epoch(partition).await?)?;
+            let (incarnation, floor) = self.floor(partition).await?;
+            let counter = set.highest_counter(actor);
+            let floor = if incarnation == actor.incarnation { floor } else { 0 };
+            if counter > floor {
+                let mut record = actor.incarnation.to_be_bytes().to_vec();
+                record.extend_from_slice(&counter.to_be_bytes());
+                self.store.put(FLOOR_SPACE, &partition.to_be_bytes(), &record).await?;
+                self.floors.borrow_mut().insert(partition, (actor.incarnation, counter));
+            }
+            let removed = self.store.remove(partition, key).await;
+            let mut trees = self.trees.borrow_mut();
+            match removed {
+                Ok(_) => trees.written(partition, key, Some(merkle::entry_hash(key, &bytes)), None),
+                Err(_) => trees.invalidate(partition),
+            }
+            drop(trees);
+            removed?;
+            self.track_tombstone(partition, key, None);
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+
+    /// The counter floor of `partition`: the actor incarnation it is for and
+    /// the floor (see `reap`).
+    async fn floor(&self, partition: u32) -> Result<(u32, u64), ReplicaError> {
+        if let Some(&floor) = self.floors.borrow().get(&partition) {
+            return Ok(floor);
+        }
+        let stored = self.store.get(FLOOR_SPACE, &partition.to_be_bytes()).await?;
+        let floor = match stored.as_deref() {
+            None => (0, 0),
+            Some(bytes) => match (bytes.get(..4), bytes.get(4..12), bytes.len()) {
+                (Some(incarnation), Some(floor), 12) => (
+                    u32::from_be_bytes(incarnation.try_into().unwrap_or_default()),
+                    u64::from_be_bytes(floor.try_into().unwrap_or_default()),
+                ),
+                // Unreadable: a lower floor could reissue dots, so refuse.
+                _ => {
+                    return Err(ReplicaError::Metadata(format!(
+                        "partition {partition}'s counter floor record does not decode"
+                    )));
+                }
+            },
+        };
+        self.floors.borrow_mut().insert(partition, floor);
+        Ok(floor)
     }
 
     /// Builds the Merkle trees not built yet (after open, or after a failed
@@ -637,7 +764,7 @@ impl<D: Disk> Replica<D> {
         for key in page {
             let entry = {
                 let _latch = self.latch(partition, &key).await;
-                self.current_entry(partition, &key).await
+                self.build_entry(partition, &key).await
             };
             if !self.trees.borrow_mut().build_read(partition, &cursor, &key, entry) {
                 break; // The build restarted meanwhile.
@@ -650,6 +777,28 @@ impl<D: Disk> Replica<D> {
     /// Partitions whose tree is not comparable yet (being built).
     pub fn trees_building(&self) -> usize {
         self.trees.borrow().building()
+    }
+
+    /// [`current_entry`](Self::current_entry) for a tree build, which
+    /// also notes whether the key is only tombstones.
+    async fn build_entry(&self, partition: u32, key: &[u8]) -> Option<u64> {
+        if let Some((_, _, entry)) = self.pending.borrow().get(&(partition, key.into())) {
+            return Some(*entry); // Its write noted whether it is a tombstone.
+        }
+        match self.store.get(partition, key).await {
+            Ok(Some(bytes)) => {
+                if let Ok(set) = SiblingSet::decode(&bytes, self.limits) {
+                    let token = set.is_tombstone_only().then(|| xxh3_64(&bytes));
+                    self.track_tombstone(partition, key, token);
+                }
+                Some(merkle::entry_hash(key, &bytes))
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(partition, %error, "a key anti-entropy compares cannot be read");
+                None
+            }
+        }
     }
 
     /// The Merkle entry of `key` as of its newest queued write; `None` if
@@ -835,6 +984,12 @@ impl<D: Disk> Replica<D> {
                     LocalResult::Scanned { entries, more: false, bytes }
                 })
             }
+            LocalOp::Tombstones { partition, limit } => {
+                LocalResult::Entries(Some(self.tombstones(partition, limit)))
+            }
+            LocalOp::Reap { partition, keys } => {
+                self.reap(partition, &keys).await.map_or_else(failed, |_| LocalResult::Merged)
+            }
             LocalOp::MergeAll { partition, entries } => {
                 self.merge_all(partition, &entries).await.map_or_else(failed, |entries| {
                     LocalResult::Scanned { entries, more: false, bytes: 0 }
@@ -880,6 +1035,9 @@ const PROGRESS_SPACE: u32 = META_PARTITION_BIT;
 /// Actor epochs: key the partition (big-endian), value the epoch
 /// (big-endian u32) added to the incarnation for writes in it.
 const EPOCH_SPACE: u32 = META_PARTITION_BIT | 1;
+/// Counter floors: key the partition (big-endian), value the actor
+/// incarnation it is for (big-endian u32) and the floor (big-endian u64).
+const FLOOR_SPACE: u32 = META_PARTITION_BIT | 2;
 
 fn encode_progress(progress: &Progress) -> Vec<u8> {
     let mut bytes = progress.base.to_be_bytes().to_vec();
@@ -945,6 +1103,7 @@ mod tests {
     use futures::task::LocalSpawnExt;
 
     use super::*;
+    use crate::cluster::merkle::MerkleTree;
     use crate::disk::sim::{SimDisk, SimDiskOptions, SimFaults};
     use crate::store::StoreOptions;
 
@@ -1002,6 +1161,103 @@ mod tests {
             assert!(deleted.is_tombstone_only());
             assert_eq!(replica.read(0, b"k").await.unwrap().values().count(), 0);
         });
+    }
+
+    #[test]
+    fn a_reaped_tombstone_is_written_again_above_the_counter_floor() {
+        for seed in 0..10 {
+            let disk = SimDisk::new(SimDiskOptions::new(seed));
+            let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
+            let open = || {
+                let (store, _) = block_on(Store::open(disk.clone(), options.clone())).unwrap();
+                Replica::new(store, Actor::new(1, 0))
+            };
+            let replica = open();
+            let empty = VersionVector::new();
+            block_on(async {
+                for value in ["a", "b", "c"] {
+                    replica.write(7, b"k", &empty, Some(value.into())).await.unwrap();
+                }
+                let set = replica.read(7, b"k").await.unwrap();
+                // A live key is never reaped, whatever its token.
+                replica.reap(7, &[(b"k".to_vec(), token(&set))]).await.unwrap();
+                assert_eq!(replica.tombstones(7, 10), vec![]);
+                let (deleted, dot) = replica.write(7, b"k", &set.context(), None).await.unwrap();
+                assert_eq!(dot.counter(), 4);
+                assert_eq!(replica.tombstones(7, 10), vec![(b"k".to_vec(), token(&deleted))]);
+                // A changed token keeps it.
+                assert_eq!(
+                    replica.reap(7, &[(b"k".to_vec(), token(&deleted) ^ 1)]).await.unwrap(),
+                    0
+                );
+                assert_eq!(replica.reap(7, &[(b"k".to_vec(), token(&deleted))]).await.unwrap(), 1);
+                assert!(replica.read(7, b"k").await.unwrap().is_empty());
+                assert_eq!(replica.tombstones(7, 10), vec![]);
+                // Written again, blind: the dot is above every counter issued
+                // before, and the actor is the same (clocks do not grow).
+                let (_, dot) = replica.write(7, b"k", &empty, Some("d".into())).await.unwrap();
+                assert_eq!(dot, Dot::new(Actor::new(1, 0), 5), "seed {seed}");
+                replica.store().close().await.unwrap();
+            });
+            drop(replica);
+            // The floor is durable, and the tombstones are found again by a
+            // tree build.
+            let replica = open();
+            block_on(async {
+                let (set, dot) = replica.write(7, b"k2", &empty, Some("e".into())).await.unwrap();
+                assert_eq!(dot, Dot::new(Actor::new(1, 0), 5), "seed {seed}");
+                let (_, _) = replica.write(7, b"k2", &set.context(), None).await.unwrap();
+                while replica.build_trees(16).await {}
+                assert_eq!(replica.tombstones(7, 10).len(), 1, "seed {seed}");
+            });
+        }
+    }
+
+    #[test]
+    fn trees_follow_writes_and_a_rebuild_after_open_agrees() {
+        let disk = SimDisk::new(SimDiskOptions::new(3));
+        let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
+        let open = || {
+            let (store, _) = block_on(Store::open(disk.clone(), options.clone())).unwrap();
+            Replica::new(store, Actor::new(1, 0))
+        };
+        let replica = open();
+        let empty = VersionVector::new();
+        let root = block_on(async {
+            assert_eq!(
+                replica.tree_hashes(2, 0, &[0]).unwrap(),
+                Some(vec![MerkleTree::new().root()])
+            );
+            for i in 0..200u32 {
+                let key = format!("k{i}").into_bytes();
+                replica.write(2, &key, &empty, Some(vec![1; 10])).await.unwrap();
+            }
+            let set = replica.read(2, b"k7").await.unwrap();
+            replica.remove(2, &[(b"k7".to_vec(), token(&set))]).await.unwrap();
+            let root = replica.tree_hashes(2, 0, &[0]).unwrap().unwrap();
+            assert_ne!(root, vec![MerkleTree::new().root()]);
+            assert_eq!(
+                replica.leaf_entries(2, &[0]).await.unwrap().map(|e| e.len() < 200),
+                Some(true)
+            );
+            replica.store().close().await.unwrap();
+            root
+        });
+        drop(replica);
+        let replica = open();
+        assert_eq!(replica.trees_building(), 1);
+        assert_eq!(replica.tree_hashes(2, 0, &[0]).unwrap(), None, "not comparable while built");
+        block_on(async {
+            // A write while the tree is built lands in it too.
+            while replica.build_trees(50).await {
+                replica.write(2, b"late", &empty, Some(vec![2])).await.unwrap();
+            }
+        });
+        assert_eq!(replica.trees_building(), 0);
+        let rebuilt = replica.tree_hashes(2, 0, &[0]).unwrap().unwrap();
+        let set = block_on(replica.read(2, b"late")).unwrap();
+        block_on(replica.remove(2, &[(b"late".to_vec(), token(&set))])).unwrap();
+        assert_eq!(replica.tree_hashes(2, 0, &[0]).unwrap().unwrap(), root, "rebuilt {rebuilt:?}");
     }
 
     #[test]

@@ -76,7 +76,9 @@ fn replicas_diverged_by_faults_converge_without_reads() {
             partitions_during_run: true,
             keys: 12,
             operations_per_client: 30,
-            ..options(seed)
+            // Deletes are reaped as soon as every replica holds them (after
+            // a short grace), faults and all.
+            ..reaping(seed)
         };
         let mut sim = Sim::new(options);
         sim.run_clients();
@@ -229,11 +231,104 @@ fn the_budget_paces_a_big_repair() {
         let keys = load(&mut sim, 400, 3, seed);
         sim.run_to_quiescence();
         sim.wipe(0);
-        let took = sim.converge_trees(Duration::from_secs(60)).unwrap_or_else(|| {
-            panic!("seed {seed}: {:?} still differ", sim.trees_differing())
-        });
-        assert!(took >= Duration::from_millis(1500), "seed {seed}: the budget did not hold: {took:?}");
+        let took = sim
+            .converge_trees(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("seed {seed}: {:?} still differ", sim.trees_differing()));
+        assert!(
+            took >= Duration::from_millis(1500),
+            "seed {seed}: the budget did not hold: {took:?}"
+        );
         sim.run_to_quiescence();
         assert_replicas_identical(&sim, &keys, seed);
+    });
+}
+
+/// [`options`] with tombstones reaped half a second after every replica
+/// holds them.
+fn reaping(seed: u64) -> SimOptions {
+    let mut options = options(seed);
+    options.cluster.tombstone_grace = Duration::from_millis(500);
+    options
+}
+
+/// Deletes `keys` through `node`, each with the context of a read first;
+/// each acknowledged.
+fn delete(sim: &mut Sim, node: usize, keys: &[Vec<u8>], seed: u64) {
+    for key in keys {
+        let context = match sim.call(1, node, ClientRequest::Get { key: key.clone(), r: 2 }) {
+            Outcome::Read { context, .. } => context,
+            other => panic!("seed {seed}: {other:?}"),
+        };
+        let delete = ClientRequest::Put { key: key.clone(), value: None, context, w: 2 };
+        let outcome = sim.call(1, node, delete);
+        assert!(matches!(outcome, Outcome::Written { .. }), "seed {seed}: {outcome:?}");
+    }
+}
+
+#[test]
+fn tombstones_every_replica_holds_are_reaped_and_their_keys_written_again() {
+    for_seeds(50, |seed| {
+        let mut sim = Sim::new(reaping(seed));
+        let keys = load(&mut sim, 120, 3, seed);
+        sim.run_to_quiescence();
+        let (deleted, kept) = keys.split_at(60);
+        delete(&mut sim, seed as usize % 3, deleted, seed);
+        // The grace, then a round to find them everywhere and reap them.
+        sim.run_until(sim.now() + PERIOD * 4);
+        sim.run_to_quiescence();
+        for key in deleted {
+            for replica in sim.replicas_of(key) {
+                let set = sim.inspect(replica, key).expect("running");
+                assert!(set.is_empty(), "seed {seed}: {key:?} still on {replica}: {set:?}");
+            }
+        }
+        for key in kept {
+            for replica in sim.replicas_of(key) {
+                let set = sim.inspect(replica, key).expect("running");
+                assert_eq!(set.values().count(), 1, "seed {seed}: {key:?} lost on {replica}");
+            }
+        }
+        assert!(sim.coordinator_stats().tombstones_reaped >= 60, "seed {seed}");
+        assert!(sim.trees_differing().is_empty(), "seed {seed}");
+        // A reaped key is written afresh: no dot is issued twice (the
+        // history check's rule 4) and no old version comes back.
+        for (index, key) in deleted.iter().enumerate().take(20) {
+            let outcome = sim.call(0, index % 3, put(key, &format!("again-{index}")));
+            assert!(matches!(outcome, Outcome::Written { .. }), "seed {seed}: {outcome:?}");
+        }
+        sim.settle_and_check().assert_ok(&format!("seed {seed}"));
+    });
+}
+
+#[test]
+fn a_tombstone_is_not_reaped_while_a_replica_lacks_it() {
+    for_seeds(50, |seed| {
+        let mut sim = Sim::new(reaping(seed));
+        let keys = load(&mut sim, 60, 3, seed);
+        sim.run_to_quiescence();
+        let away = seed as usize % 3;
+        let near = (away + 1) % 3;
+        let mut sides = vec![0; 3];
+        sides[away] = 1;
+        sim.partition(sides);
+        let deleted = &keys[..30];
+        delete(&mut sim, near, deleted, seed);
+        // Well past the grace: the replica that missed the deletes holds
+        // the old values, so nobody reaps.
+        sim.run_until(sim.now() + PERIOD * 4);
+        for key in deleted {
+            let set = sim.inspect(near, key).expect("running");
+            assert!(set.is_tombstone_only(), "seed {seed}: {key:?} reaped on {near}: {set:?}");
+        }
+        sim.heal_network();
+        sim.run_until(sim.now() + PERIOD * 6);
+        sim.run_to_quiescence();
+        for key in deleted {
+            for replica in sim.replicas_of(key) {
+                let set = sim.inspect(replica, key).expect("running");
+                assert!(set.is_empty(), "seed {seed}: {key:?} on {replica}: {set:?}");
+            }
+        }
+        sim.settle_and_check().assert_ok(&format!("seed {seed}"));
     });
 }

@@ -347,8 +347,8 @@ impl SiblingSet {
     ///   incarnation, which is a new actor. Nothing here forgets a counter: a
     ///   version leaves a set only for one whose clock carries the counter on.
     ///   (Reaping a key's last tombstone does forget; the reaping issue must
-    ///   keep a counter floor per key or make the next write use a fresh
-    ///   actor.)
+    ///   keep a counter floor or make the next write use a fresh actor:
+    ///   see [`write_above`](Self::write_above).)
     /// - Replication always sends the coordinator's whole sibling set for the
     ///   key and receivers [`merge`](Self::merge) it. So any state that holds
     ///   dot `(x, n)` also holds every `(x, m < n)` or a version dominating
@@ -369,13 +369,33 @@ impl SiblingSet {
         context: &VersionVector,
         value: Option<Vec<u8>>,
     ) -> Result<Dot, WriteError> {
+        self.write_above(actor, context, value, 0)
+    }
+
+    /// [`write`](Self::write), with a dot counter above `floor` too.
+    ///
+    /// A replica that reaped keys' last tombstones forgot the counters
+    /// `actor` issued for them; `floor` is at least the highest of those,
+    /// so no dot is issued twice. The new version's clock is still exactly
+    /// `context`; only its dot is higher. A later context covering the dot
+    /// claims the key's versions with lower counters of `actor` were seen:
+    /// for a reaped key those were dominated by the tombstone every replica
+    /// held, so the claim is true, and for other keys `actor` issued none
+    /// it does not hold.
+    pub fn write_above(
+        &mut self,
+        actor: Actor,
+        context: &VersionVector,
+        value: Option<Vec<u8>>,
+        floor: u64,
+    ) -> Result<Dot, WriteError> {
         if context.len() > CLOCK_ENTRIES_MAX {
             return Err(WriteError::ClockTooLarge {
                 entries: context.len(),
                 max: CLOCK_ENTRIES_MAX,
             });
         }
-        let seen = self.highest_counter(actor).max(context.get(actor));
+        let seen = self.highest_counter(actor).max(context.get(actor)).max(floor);
         let counter = seen.checked_add(1).ok_or(WriteError::CounterExhausted { actor })?;
         let dot = Dot::new(actor, counter);
         // A set over the limit could be stored but never decoded again: the

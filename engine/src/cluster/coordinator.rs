@@ -213,6 +213,13 @@ pub enum LocalOp {
     Fetch { partition: u32, keys: Vec<Vec<u8>>, bytes: usize },
     /// Merge each set into its key's, durably: anti-entropy's repair.
     MergeAll { partition: u32, entries: Vec<(Vec<u8>, SiblingSet)> },
+    /// Up to `limit` keys of the partition whose sets are only tombstones,
+    /// with their tokens ([`set_token`]), ascending by key.
+    Tombstones { partition: u32, limit: usize },
+    /// Reap these tombstones: remove each key whose set still has its
+    /// token and is only tombstones (after raising the partition's counter
+    /// floor above the counters this node issued for it).
+    Reap { partition: u32, keys: Vec<(Vec<u8>, u64)> },
 }
 
 /// How far this node got pulling a partition it gains in a pending ring.
@@ -259,7 +266,7 @@ pub enum LocalResult {
     /// not comparable yet (being built after a restart).
     Hashes(Option<Vec<u64>>),
     /// `LeafEntries`: `(key, entry hash)`, ascending by key; `None` while
-    /// the tree is not comparable yet.
+    /// the tree is not comparable yet. Also `Tombstones`: `(key, token)`.
     Entries(Option<Vec<(Vec<u8>, u64)>>),
     /// Any of them failed.
     Failed { code: ErrorCode, message: String },
@@ -292,6 +299,9 @@ pub enum PeerRequest {
     Fetch { partition: u32, keys: Vec<Vec<u8>>, bytes: usize },
     /// Anti-entropy: merge these sets, durably (repair).
     Repair { partition: u32, entries: Vec<(Vec<u8>, SiblingSet)> },
+    /// Anti-entropy: reap these tombstones, each only if its set still has
+    /// the token (every replica was just found holding it).
+    Reap { partition: u32, keys: Vec<(Vec<u8>, u64)> },
 }
 
 impl PeerRequest {
@@ -306,7 +316,8 @@ impl PeerRequest {
             | PeerRequest::TreeHashes { partition, .. }
             | PeerRequest::LeafEntries { partition, .. }
             | PeerRequest::Fetch { partition, .. }
-            | PeerRequest::Repair { partition, .. } => Some(*partition),
+            | PeerRequest::Repair { partition, .. }
+            | PeerRequest::Reap { partition, .. } => Some(*partition),
             _ => None,
         }
     }
@@ -333,6 +344,7 @@ impl PeerRequest {
                 LocalOp::Fetch { partition, keys, bytes }
             }
             PeerRequest::Repair { partition, entries } => LocalOp::MergeAll { partition, entries },
+            PeerRequest::Reap { partition, keys } => LocalOp::Reap { partition, keys },
             PeerRequest::Coordinate(_) | PeerRequest::Ping => return None,
         })
     }
@@ -467,6 +479,9 @@ pub struct CoordinatorStats {
     pub anti_entropy_rounds: u64,
     /// When the last such round ended (the driver's clock).
     pub anti_entropy_last_round: Option<Duration>,
+    /// Tombstones reaped (here and on the other replicas) once every
+    /// replica held them.
+    pub tombstones_reaped: u64,
 }
 
 impl std::ops::AddAssign for CoordinatorStats {
@@ -492,6 +507,7 @@ impl std::ops::AddAssign for CoordinatorStats {
             anti_entropy,
             anti_entropy_rounds,
             anti_entropy_last_round,
+            tombstones_reaped,
         } = other;
         self.reads += reads;
         self.writes += writes;
@@ -511,6 +527,7 @@ impl std::ops::AddAssign for CoordinatorStats {
         self.keys_removed += keys_removed;
         self.partitions_waiting += partitions_waiting;
         self.anti_entropy += anti_entropy;
+        self.tombstones_reaped += tombstones_reaped;
         // Not sums: a node's rounds are its slowest shard's (the driver
         // takes the minimum over its shards).
         let _ = (anti_entropy_rounds, anti_entropy_last_round);
@@ -552,6 +569,8 @@ enum Operation {
     Transfer(transfer::TransferOp),
     /// An anti-entropy exchange: see [`antientropy`].
     AntiEntropy(antientropy::Exchange),
+    /// A check for tombstones every replica holds: see [`antientropy`].
+    Reap(antientropy::Reaping),
 }
 
 /// Where a request goes: the key's owners, each replaced by a fallback if
@@ -991,6 +1010,7 @@ impl Coordinator {
             }
             Some(Operation::Transfer(_)) => self.on_transfer_local(now, op, result, out),
             Some(Operation::AntiEntropy(_)) => self.on_anti_entropy_local(now, op, result, out),
+            Some(Operation::Reap(_)) => self.on_reap_local(now, op, result, out),
             Some(Operation::Deliver(deliver)) => match result {
                 LocalResult::Read(set) if !deliver.sent => {
                     deliver.sent = true;
@@ -1121,6 +1141,7 @@ impl Coordinator {
             Some(Operation::AntiEntropy(_)) => {
                 self.on_anti_entropy_peer(now, op, from, reply, out);
             }
+            Some(Operation::Reap(_)) => self.on_reap_peer(now, op, from, reply, out),
             Some(Operation::Repair) | Some(Operation::ListHints) | None => {}
         }
     }
@@ -1234,6 +1255,7 @@ impl Coordinator {
             Operation::ListHints => {}
             Operation::Transfer(_) => self.on_transfer_timer(now, op, out),
             Operation::AntiEntropy(_) => self.on_anti_entropy_timer(now, op, out),
+            Operation::Reap(_) => self.on_reap_timer(now, op, out),
         }
     }
 

@@ -518,6 +518,19 @@ impl History {
                 Presence::Any => held.iter().any(|&h| h != Held::No),
                 Presence::Every => !held.is_empty() && held.iter().all(|&h| h != Held::No),
             };
+            // A reaped tombstone is held by no set; what must hold is its
+            // effect: none of the values it deleted is back.
+            let ok = ok
+                || (options.tombstones_reaped
+                    && matches!(write.op.call, Call::Delete { .. })
+                    && !sets.iter().any(|set| {
+                        set.values().any(|value| {
+                            acknowledged.iter().any(|put| {
+                                write.context.contains(put.dot)
+                                    && matches!(&put.op.call, Call::Put { value: v, .. } if v.as_slice() == value)
+                            })
+                        })
+                    }));
             if !ok {
                 violations.push(Violation::Lost {
                     key: key.to_vec(),
@@ -568,7 +581,7 @@ impl History {
 
         // Rule 3: reads see acknowledged writes.
         if options.reads_see_acknowledged_writes {
-            self.check_reads_see(key, ops, &acknowledged, violations);
+            self.check_reads_see(key, ops, &acknowledged, options.tombstones_reaped, violations);
         }
     }
 
@@ -576,16 +589,32 @@ impl History {
     /// while folding in the acknowledged writes that finished strictly before
     /// each, keeping per actor only the newest dot: a context that contains
     /// it contains every older dot of that actor. So each stale read reports,
-    /// per actor, the newest write it missed.
+    /// per actor, the newest write it missed. With `reaped`, deletes and the
+    /// writes they replaced are left out: their versions may be gone.
     fn check_reads_see(
         &self,
         key: &[u8],
         ops: &[OpId],
         acknowledged: &[Acknowledged<'_>],
+        reaped: bool,
         violations: &mut Vec<Violation>,
     ) {
-        let mut writes: Vec<(Duration, OpId, Dot)> =
-            acknowledged.iter().map(|write| (write.finished, write.id, write.dot)).collect();
+        // With reaping, a delete's tombstone and the versions it replaced
+        // may be gone from every replica: reads need not see them.
+        let deleted: Vec<&VersionVector> = acknowledged
+            .iter()
+            .filter(|write| matches!(write.op.call, Call::Delete { .. }))
+            .map(|write| write.context)
+            .collect();
+        let mut writes: Vec<(Duration, OpId, Dot)> = acknowledged
+            .iter()
+            .filter(|write| {
+                !reaped
+                    || !(matches!(write.op.call, Call::Delete { .. })
+                        || deleted.iter().any(|context| context.contains(write.dot)))
+            })
+            .map(|write| (write.finished, write.id, write.dot))
+            .collect();
         writes.sort_unstable();
         let mut reads: Vec<(Duration, OpId, &VersionVector)> = ops
             .iter()
@@ -731,6 +760,12 @@ pub struct CheckOptions {
     /// Whether to apply rule 3 (reads see acknowledged writes). Only sound
     /// for runs with R + W > N and no faults.
     pub reads_see_acknowledged_writes: bool,
+    /// Whether tombstones may have been reaped. Rule 1 then also accepts an
+    /// acknowledged delete that no replica holds if no final set holds a
+    /// value it replaced (a deleted value that came back is still lost
+    /// data's mirror image: a violation); rule 3 leaves deletes and the
+    /// writes they replaced out.
+    pub tombstones_reaped: bool,
 }
 
 /// A broken rule (see the module docs), with the ops involved.
@@ -1252,6 +1287,36 @@ mod tests {
     }
 
     #[test]
+    fn a_reaped_delete_is_held_while_no_value_it_deleted_is_back() {
+        let reaped = CheckOptions {
+            presence: Presence::Every,
+            reads_see_acknowledged_writes: true,
+            tombstones_reaped: true,
+        };
+        let mut run = Run::default();
+        let mut set = SiblingSet::new();
+        run.write(&mut set, A, &VersionVector::new(), Some("w1"));
+        let before_delete = set.clone();
+        let (_, context) = run.read(&set);
+        let deleted = run.write(&mut set, A, &context, None);
+        // Reaped everywhere: nothing is held, and nothing is lost.
+        let report = run.check_with(&[&SiblingSet::new(), &SiblingSet::new()], reaped);
+        assert!(report.is_ok(), "{:?}", report.violations);
+        // A read after the reap finds nothing, and is not stale.
+        run.read(&SiblingSet::new());
+        assert!(run.check_with(&[&SiblingSet::new()], reaped).is_ok());
+        // The deleted value back on one replica (a stale copy after the reap)
+        // is the delete lost.
+        let report = run.check_with(&[&SiblingSet::new(), &before_delete], reaped);
+        assert_eq!(report.violations, [lost(deleted, "tombstone n1.0:2")]);
+        // A blind write after the reap stands alone; the delete still holds.
+        let mut again = SiblingSet::new();
+        run.write(&mut again, B, &VersionVector::new(), Some("w2"));
+        let report = run.check_with(&[&again, &again], reaped);
+        assert!(report.is_ok(), "{:?}", report.violations);
+    }
+
+    #[test]
     fn presence_every_requires_every_replica_and_any_one() {
         let mut run = Run::default();
         let mut set = SiblingSet::new();
@@ -1470,8 +1535,11 @@ mod tests {
             finals.add(key.clone(), set.clone());
             finals.add(key, set);
         }
-        let options =
-            CheckOptions { presence: Presence::Every, reads_see_acknowledged_writes: true };
+        let options = CheckOptions {
+            presence: Presence::Every,
+            reads_see_acknowledged_writes: true,
+            tombstones_reaped: false,
+        };
         let report = history.check(&finals, &options);
         report.assert_ok("large serial history");
         assert_eq!(report.stats.ops, ops);

@@ -59,6 +59,10 @@ pub struct ClusterOptions {
     pub anti_entropy_keys_per_second: u32,
     /// ...and bytes of sets fetched and sent per second at most.
     pub anti_entropy_bytes_per_second: u64,
+    /// How long a partition's first replica holds a tombstone unchanged
+    /// before it reaps it (once every replica holds it): longer than a
+    /// fallback holding an old value may stay down.
+    pub tombstone_grace: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -78,6 +82,7 @@ impl Default for ClusterOptions {
             anti_entropy_period: Duration::from_secs(10),
             anti_entropy_keys_per_second: 20_000,
             anti_entropy_bytes_per_second: 16 << 20,
+            tombstone_grace: Duration::from_secs(3600),
         }
     }
 }

@@ -62,7 +62,13 @@ impl Trees {
 
     /// A write of `key` in `partition` was queued: its entry was `old` and
     /// is `new` (`None`: absent).
-    pub(super) fn written(&mut self, partition: u32, key: &[u8], old: Option<u64>, new: Option<u64>) {
+    pub(super) fn written(
+        &mut self,
+        partition: u32,
+        key: &[u8],
+        old: Option<u64>,
+        new: Option<u64>,
+    ) {
         if let Some(build) = self.building.get_mut(&partition) {
             build.overlay.insert(key.into(), new);
             return;

@@ -38,6 +38,28 @@
 //! looked different because a write landed between two reads is merged
 //! needlessly, which is harmless: merging is idempotent.
 //!
+//! # Reaping tombstones
+//!
+//! A delete leaves a tombstone, and a tombstone may go only once every
+//! replica holds it: a replica that missed the delete would otherwise hand
+//! the deleted value back. The first replica of a partition (by the current
+//! ring, with no change pending) checks its tombstones once per round:
+//! those it has held unchanged for `tombstone_grace` are offered to every
+//! other replica ([`PeerRequest::Offer`], which answers per key whether the
+//! peer holds exactly that set); the ones all hold are reaped on every
+//! peer ([`PeerRequest::Reap`]) and then here, each only if its set is
+//! still that tombstone (a write meanwhile keeps the key). A replica that
+//! missed a reap still holds the tombstone and gets it back from this one's
+//! next exchange, which reaps it again: harmless, and it converges.
+//!
+//! The grace is for copies anti-entropy cannot see: a fallback holding an
+//! old value for an owner (a hint), down longer than the grace, could hand
+//! it back after the tombstone is gone, and nothing would then say it was
+//! deleted. That is Cassandra's `gc_grace_seconds` trade-off; the default
+//! is an hour. Reaping forgets the counters a replica issued for the key,
+//! so a replica raises its partition's counter floor first (see
+//! `Replica::reap`).
+//!
 //! # Budget
 //!
 //! Exchanges run in the background and are throttled by two token buckets
@@ -62,6 +84,9 @@ const LEAVES_PER_BATCH: usize = 64;
 const FRAME_BYTES: usize = 512 << 10;
 /// Keys per repair request.
 const REPAIR_KEYS: usize = 128;
+/// Tombstones a reap check lists, and offers at most (the offer limit).
+const TOMBSTONES_LISTED: usize = 4096;
+const REAP_KEYS: usize = 1024;
 
 /// What anti-entropy compared and repaired: one exchange's, an operator's
 /// repair's, or a shard's total.
@@ -133,6 +158,11 @@ pub(super) struct AntiEntropy {
     exchange: Option<OpId>,
     /// Operators' repairs, oldest first.
     manual: VecDeque<Manual>,
+    /// Partitions due for a reap check (this node is their first replica).
+    reaps: VecDeque<u32>,
+    /// Per partition, the tombstones seen by reap checks: token and when
+    /// first seen with it.
+    candidates: BTreeMap<u32, BTreeMap<Vec<u8>, (u64, Duration)>>,
     keys: f64,
     bytes: f64,
     refilled: Duration,
@@ -156,6 +186,29 @@ pub(in crate::cluster) struct Exchange {
     report: RepairReport,
     /// Differing leaves not yet repaired.
     leaves: VecDeque<u16>,
+}
+
+/// A reap check of one partition.
+#[derive(Debug)]
+pub(in crate::cluster) struct Reaping {
+    partition: u32,
+    peers: Vec<NodeId>,
+    stage: ReapStage,
+    deadline: Duration,
+    /// The tombstones old enough, and per key whether every peer answered
+    /// holding it so far.
+    keys: Vec<(Vec<u8>, u64)>,
+    held: Vec<bool>,
+    /// Peers whose answer is awaited.
+    waiting: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReapStage {
+    Listing,
+    Offering,
+    Reaping,
+    Removing,
 }
 
 #[derive(Debug)]
@@ -220,7 +273,11 @@ impl Coordinator {
             out.push(Action::Repaired { ticket, report: RepairReport::default() });
             return;
         }
-        self.anti_entropy.manual.push_back(Manual { ticket, pairs, report: RepairReport::default() });
+        self.anti_entropy.manual.push_back(Manual {
+            ticket,
+            pairs,
+            report: RepairReport::default(),
+        });
         if self.anti_entropy.exchange.is_none() {
             self.start_exchange(now, out);
         }
@@ -270,6 +327,11 @@ impl Coordinator {
             }
             if let Some(manual) = self.anti_entropy.manual.front_mut() {
                 manual.report.skipped += 1;
+            }
+        }
+        while let Some(partition) = self.anti_entropy.reaps.pop_front() {
+            if self.begin_reap(now, partition, out) {
+                return;
             }
         }
         let period = self.options.anti_entropy_period;
@@ -355,7 +417,8 @@ impl Coordinator {
         let Some(exchange) = self.exchange(op) else { return };
         let (partition, peer) = (exchange.partition, exchange.peer);
         exchange.deadline = deadline;
-        exchange.stage = Stage::Hashes { level, indices: indices.clone(), mine: None, theirs: None };
+        exchange.stage =
+            Stage::Hashes { level, indices: indices.clone(), mine: None, theirs: None };
         let local = LocalOp::TreeHashes { partition, level, indices: indices.clone() };
         out.push(Action::Local { op, local });
         let request = PeerRequest::TreeHashes { partition, level, indices };
@@ -383,7 +446,11 @@ impl Coordinator {
         exchange.deadline = deadline;
         let local = LocalOp::LeafEntries { partition, leaves: leaves.clone() };
         out.push(Action::Local { op, local });
-        out.push(Action::Send { op, to: peer, request: PeerRequest::LeafEntries { partition, leaves } });
+        out.push(Action::Send {
+            op,
+            to: peer,
+            request: PeerRequest::LeafEntries { partition, leaves },
+        });
         out.push(Action::Timer { op, at: deadline });
     }
 
@@ -436,10 +503,9 @@ impl Coordinator {
                 exchange.report.entries += entries.len() as u64;
                 *theirs = Some(entries);
             }
-            (
-                Stage::Fetching { mine, .. },
-                Answer::Mine(LocalResult::Scanned { entries, .. }),
-            ) => *mine = Some(entries),
+            (Stage::Fetching { mine, .. }, Answer::Mine(LocalResult::Scanned { entries, .. })) => {
+                *mine = Some(entries)
+            }
             (
                 Stage::Fetching { theirs, .. },
                 Answer::Theirs(PeerReply::Scanned { entries, bytes, .. }),
@@ -550,9 +616,11 @@ impl Coordinator {
                     let local = LocalOp::Fetch { partition, keys: only_mine, bytes: usize::MAX };
                     out.push(Action::Local { op, local });
                 }
-                if !asked_theirs && self.exchange(op).is_some_and(|e| {
-                    matches!(e.stage, Stage::Fetching { mine: Some(_), .. })
-                }) {
+                if !asked_theirs
+                    && self
+                        .exchange(op)
+                        .is_some_and(|e| matches!(e.stage, Stage::Fetching { mine: Some(_), .. }))
+                {
                     // Nothing differs after all (a write landed meanwhile).
                     return self.advance(now, op, out);
                 }
@@ -570,7 +638,10 @@ impl Coordinator {
                 }
                 let partition = exchange.partition;
                 exchange.stage = Stage::Merging { theirs_entries, send };
-                out.push(Action::Local { op, local: LocalOp::MergeAll { partition, entries: theirs } });
+                out.push(Action::Local {
+                    op,
+                    local: LocalOp::MergeAll { partition, entries: theirs },
+                });
             }
             _ => {}
         }
@@ -598,7 +669,11 @@ impl Coordinator {
             if !batch.is_empty() && (batch.len() >= REPAIR_KEYS || batch_bytes + len > FRAME_BYTES)
             {
                 let entries = std::mem::take(&mut batch);
-                out.push(Action::Send { op, to: peer, request: PeerRequest::Repair { partition, entries } });
+                out.push(Action::Send {
+                    op,
+                    to: peer,
+                    request: PeerRequest::Repair { partition, entries },
+                });
                 requests += 1;
                 batch_bytes = 0;
             }
@@ -607,7 +682,11 @@ impl Coordinator {
             batch.push((key, set));
         }
         if !batch.is_empty() {
-            out.push(Action::Send { op, to: peer, request: PeerRequest::Repair { partition, entries: batch } });
+            out.push(Action::Send {
+                op,
+                to: peer,
+                request: PeerRequest::Repair { partition, entries: batch },
+            });
             requests += 1;
         }
         exchange.report.keys_sent += keys as u64;
@@ -639,6 +718,185 @@ impl Coordinator {
         {
             manual.report += report;
         }
+        if exchange.ticket.is_none() && self.reaps_after(exchange.partition, exchange.peer) {
+            self.anti_entropy.reaps.push_back(exchange.partition);
+        }
+        if self.anti_entropy.exchange == Some(op) {
+            self.anti_entropy.exchange = None;
+        }
+        self.start_exchange(now, out);
+    }
+
+    /// Whether this node checks `partition`'s tombstones after comparing it
+    /// with `peer`: it is the partition's first replica, `peer` is the last
+    /// of the round's pairs for it, and no ring change is pending.
+    fn reaps_after(&self, partition: u32, peer: NodeId) -> bool {
+        let Some(ring) = self.ring.as_deref() else { return false };
+        if self.pending().is_some() {
+            return false;
+        }
+        let replicas = ring.preference_list(partition, usize::from(self.options.n));
+        let last = replicas.iter().copied().filter(|&node| node != self.node).max();
+        replicas.first() == Some(&self.node) && last == Some(peer)
+    }
+
+    /// Starts a reap check of `partition`; false if there is nothing to do.
+    fn begin_reap(&mut self, now: Duration, partition: u32, out: &mut Vec<Action>) -> bool {
+        let Some(ring) = self.ring.clone() else { return false };
+        let replicas = ring.preference_list(partition, usize::from(self.options.n));
+        if replicas.first() != Some(&self.node) || self.pending().is_some() {
+            return false;
+        }
+        let peers: Vec<NodeId> = replicas.into_iter().filter(|&node| node != self.node).collect();
+        if peers.iter().any(|&peer| !self.is_up(peer, now)) {
+            return false;
+        }
+        let op = self.next_op();
+        let deadline = now + self.options.request_timeout;
+        let reaping = Reaping {
+            partition,
+            peers,
+            stage: ReapStage::Listing,
+            deadline,
+            keys: Vec::new(),
+            held: Vec::new(),
+            waiting: Vec::new(),
+        };
+        self.operations.insert(op, Operation::Reap(reaping));
+        self.anti_entropy.exchange = Some(op);
+        let local = LocalOp::Tombstones { partition, limit: TOMBSTONES_LISTED };
+        out.push(Action::Local { op, local });
+        out.push(Action::Timer { op, at: deadline });
+        true
+    }
+
+    fn reaping(&mut self, op: OpId) -> Option<&mut Reaping> {
+        match self.operations.get_mut(&op) {
+            Some(Operation::Reap(reaping)) => Some(reaping),
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_reap_local(
+        &mut self,
+        now: Duration,
+        op: OpId,
+        result: LocalResult,
+        out: &mut Vec<Action>,
+    ) {
+        let grace = self.options.tombstone_grace;
+        let deadline = now + self.options.request_timeout;
+        let Some(reaping) = self.reaping(op) else { return };
+        match (reaping.stage, result) {
+            (ReapStage::Listing, LocalResult::Entries(Some(listed))) => {
+                let partition = reaping.partition;
+                let seen = self.anti_entropy.candidates.remove(&partition).unwrap_or_default();
+                let mut candidates = BTreeMap::new();
+                let mut old_enough = Vec::new();
+                for (key, token) in listed {
+                    let since = match seen.get(&key) {
+                        Some(&(known, since)) if known == token => since,
+                        _ => now,
+                    };
+                    if now.saturating_sub(since) >= grace && old_enough.len() < REAP_KEYS {
+                        old_enough.push((key.clone(), token));
+                    }
+                    candidates.insert(key, (token, since));
+                }
+                if !candidates.is_empty() {
+                    self.anti_entropy.candidates.insert(partition, candidates);
+                }
+                let Some(reaping) = self.reaping(op) else { return };
+                if old_enough.is_empty() {
+                    return self.end_reap(now, op, out);
+                }
+                reaping.stage = ReapStage::Offering;
+                reaping.deadline = deadline;
+                reaping.held = vec![true; old_enough.len()];
+                reaping.waiting = reaping.peers.clone();
+                for &peer in &reaping.peers {
+                    let request = PeerRequest::Offer { partition, keys: old_enough.clone() };
+                    out.push(Action::Send { op, to: peer, request });
+                }
+                reaping.keys = old_enough;
+                out.push(Action::Timer { op, at: deadline });
+            }
+            (ReapStage::Removing, LocalResult::Merged) => {
+                self.stats.tombstones_reaped += reaping.keys.len() as u64;
+                self.end_reap(now, op, out);
+            }
+            _ => self.end_reap(now, op, out),
+        }
+    }
+
+    pub(super) fn on_reap_peer(
+        &mut self,
+        now: Duration,
+        op: OpId,
+        from: NodeId,
+        reply: PeerReply,
+        out: &mut Vec<Action>,
+    ) {
+        let deadline = now + self.options.request_timeout;
+        let Some(reaping) = self.reaping(op) else { return };
+        let Some(index) = reaping.waiting.iter().position(|&peer| peer == from) else { return };
+        reaping.waiting.swap_remove(index);
+        match (reaping.stage, reply) {
+            (ReapStage::Offering, PeerReply::Have(have)) if have.len() == reaping.keys.len() => {
+                for (held, has) in reaping.held.iter_mut().zip(have) {
+                    *held &= has;
+                }
+            }
+            (ReapStage::Reaping, PeerReply::Failed { .. }) | (ReapStage::Offering, _) => {
+                return self.end_reap(now, op, out);
+            }
+            (ReapStage::Reaping, _) => {}
+            _ => return,
+        }
+        if !reaping.waiting.is_empty() {
+            return;
+        }
+        let partition = reaping.partition;
+        match reaping.stage {
+            ReapStage::Offering => {
+                let held = std::mem::take(&mut reaping.held);
+                let keys: Vec<(Vec<u8>, u64)> = std::mem::take(&mut reaping.keys)
+                    .into_iter()
+                    .zip(held)
+                    .filter_map(|(key, held)| held.then_some(key))
+                    .collect();
+                if keys.is_empty() {
+                    return self.end_reap(now, op, out);
+                }
+                reaping.stage = ReapStage::Reaping;
+                reaping.deadline = deadline;
+                reaping.waiting = reaping.peers.clone();
+                for &peer in &reaping.peers {
+                    let request = PeerRequest::Reap { partition, keys: keys.clone() };
+                    out.push(Action::Send { op, to: peer, request });
+                }
+                reaping.keys = keys;
+                out.push(Action::Timer { op, at: deadline });
+            }
+            ReapStage::Reaping => {
+                // Every peer reaped (or kept what changed): now this one.
+                reaping.stage = ReapStage::Removing;
+                let keys = reaping.keys.clone();
+                out.push(Action::Local { op, local: LocalOp::Reap { partition, keys } });
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_reap_timer(&mut self, now: Duration, op: OpId, out: &mut Vec<Action>) {
+        let Some(reaping) = self.reaping(op) else { return };
+        if now >= reaping.deadline && reaping.stage != ReapStage::Removing {
+            self.end_reap(now, op, out);
+        }
+    }
+
+    fn end_reap(&mut self, now: Duration, op: OpId, out: &mut Vec<Action>) {
+        self.operations.remove(&op);
         if self.anti_entropy.exchange == Some(op) {
             self.anti_entropy.exchange = None;
         }
@@ -649,9 +907,4 @@ impl Coordinator {
 enum Answer {
     Mine(LocalResult),
     Theirs(PeerReply),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 }
