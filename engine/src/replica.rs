@@ -118,6 +118,9 @@ type Latches = RefCell<AHashMap<(u32, Box<[u8]>), Arc<Mutex<()>>>>;
 /// are in flight, and the set's Merkle entry hash.
 type QueuedSets = AHashMap<(u32, Box<[u8]>), (SiblingSet, u32, u64)>;
 
+/// One partition's keys whose sets are only tombstones, with their tokens.
+type Tombstones = BTreeMap<Box<[u8]>, u64>;
+
 /// The keys of one shard's store, as sibling sets.
 #[derive(Debug)]
 pub struct Replica<D: Disk> {
@@ -134,7 +137,7 @@ pub struct Replica<D: Disk> {
     trees: RefCell<trees::Trees>,
     /// Per data partition, the keys whose sets are only tombstones, with
     /// their tokens: what anti-entropy may reap.
-    tombstones: RefCell<AHashMap<u32, BTreeMap<Box<[u8]>, u64>>>,
+    tombstones: RefCell<AHashMap<u32, Tombstones>>,
     /// Counter floors by partition, as read from the store: the actor
     /// (incarnation) they are for, and the floor (see `reap`).
     floors: RefCell<AHashMap<u32, (u32, u64)>>,
@@ -854,16 +857,16 @@ impl<D: Disk> Replica<D> {
             let slot = wanted.get_mut(usize::from(leaf)).ok_or(format!("no leaf {leaf}"))?;
             *slot = true;
         }
-        let mut keys: Vec<Box<[u8]>> = self.store.keys(partition, None, usize::MAX);
+        let in_leaves = |key: &[u8]| wanted[merkle::leaf_of(key)];
+        let mut keys: Vec<Box<[u8]>> = self.store.keys_where(partition, in_leaves);
         // Keys queued but not yet durable are in the tree too.
         keys.extend(
             self.pending
                 .borrow()
                 .keys()
-                .filter(|(p, _)| *p == partition)
+                .filter(|(p, key)| *p == partition && in_leaves(key))
                 .map(|(_, key)| key.clone()),
         );
-        keys.retain(|key| wanted[merkle::leaf_of(key)]);
         keys.sort_unstable();
         keys.dedup();
         let mut entries = Vec::new();

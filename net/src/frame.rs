@@ -141,6 +141,18 @@ const _: () = assert!(OFFSET_RESERVED_HIGH + 4 == HEADER_BYTES);
 /// | 200  | `GOSSIP_REPLY`  | node → node    | [`GossipReply`](crate::membership::GossipReply)   |
 /// | 137  | `GOSSIP_PUSH`   | node → node    | [`GossipPush`](crate::membership::GossipPush)     |
 /// | 201  | `GOSSIP_PUSH_REPLY` | node → node | [`GossipPushReply`](crate::message::GossipPushReply) |
+/// | 9    | `REPAIR`        | client → node  | [`RepairRequest`](crate::message::RepairRequest) |
+/// | 73   | `REPAIR_REPLY`  | node → client  | [`RepairReply`](crate::message::RepairReply)     |
+/// | 138  | `TREE`          | node → node    | [`TreeRequest`](crate::message::TreeRequest)     |
+/// | 202  | `TREE_REPLY`    | node → node    | [`TreeReply`](crate::message::TreeReply)         |
+/// | 139  | `LEAF`          | node → node    | [`LeafRequest`](crate::message::LeafRequest)     |
+/// | 203  | `LEAF_REPLY`    | node → node    | [`LeafReply`](crate::message::LeafReply)         |
+/// | 140  | `FETCH`         | node → node    | [`FetchRequest`](crate::message::FetchRequest)   |
+/// | 204  | `FETCH_REPLY`   | node → node    | [`FetchReply`](crate::message::FetchReply)       |
+/// | 141  | `REPAIR_WRITE`  | node → node    | [`RepairWrite`](crate::message::RepairWrite)     |
+/// | 205  | `REPAIR_WRITE_REPLY` | node → node | [`RepairWriteReply`](crate::message::RepairWriteReply) |
+/// | 142  | `REAP`          | node → node    | [`ReapRequest`](crate::message::ReapRequest)     |
+/// | 206  | `REAP_REPLY`    | node → node    | [`ReapReply`](crate::message::ReapReply)         |
 ///
 /// The gossip bodies are `holdfast_net::membership`'s types, read only
 /// through their own checked `from_frame` (rkyv's validating access, then
@@ -229,6 +241,35 @@ impl Kind {
     pub const GOSSIP_PUSH: Kind = Kind(0x89);
     /// Reply to [`GOSSIP_PUSH`](Self::GOSSIP_PUSH): an empty acknowledgement.
     pub const GOSSIP_PUSH_REPLY: Kind = Kind(0xc9);
+    /// An operator's "repair now": anti-entropy of one partition, or of
+    /// every partition the receiving node replicates.
+    pub const REPAIR: Kind = Kind(9);
+    /// Reply to [`REPAIR`](Self::REPAIR): what was compared and repaired.
+    pub const REPAIR_REPLY: Kind = Kind(73);
+    /// Node to node (anti-entropy): hashes of nodes of one level of a
+    /// partition's Merkle tree.
+    pub const TREE: Kind = Kind(0x8a);
+    /// Reply to [`TREE`](Self::TREE).
+    pub const TREE_REPLY: Kind = Kind(0xca);
+    /// Node to node (anti-entropy): the keys and entry hashes in leaves of
+    /// a partition's Merkle tree.
+    pub const LEAF: Kind = Kind(0x8b);
+    /// Reply to [`LEAF`](Self::LEAF).
+    pub const LEAF_REPLY: Kind = Kind(0xcb);
+    /// Node to node (anti-entropy): the receiver's sets of some keys.
+    pub const FETCH: Kind = Kind(0x8c);
+    /// Reply to [`FETCH`](Self::FETCH).
+    pub const FETCH_REPLY: Kind = Kind(0xcc);
+    /// Node to node (anti-entropy): merge these sets, durably (repair).
+    pub const REPAIR_WRITE: Kind = Kind(0x8d);
+    /// Reply to [`REPAIR_WRITE`](Self::REPAIR_WRITE): an empty
+    /// acknowledgement.
+    pub const REPAIR_WRITE_REPLY: Kind = Kind(0xcd);
+    /// Node to node (anti-entropy): remove these tombstones, each only if
+    /// its set still has the token (every replica was found holding it).
+    pub const REAP: Kind = Kind(0x8e);
+    /// Reply to [`REAP`](Self::REAP): an empty acknowledgement.
+    pub const REAP_REPLY: Kind = Kind(0xce);
 
     /// The bit set in every node-to-node kind.
     pub const NODE_BIT: u8 = 0x80;
@@ -304,6 +345,18 @@ impl Kind {
             Kind::GOSSIP_REPLY => Some("GossipReply"),
             Kind::GOSSIP_PUSH => Some("GossipPush"),
             Kind::GOSSIP_PUSH_REPLY => Some("GossipPushReply"),
+            Kind::REPAIR => Some("Repair"),
+            Kind::REPAIR_REPLY => Some("RepairReply"),
+            Kind::TREE => Some("Tree"),
+            Kind::TREE_REPLY => Some("TreeReply"),
+            Kind::LEAF => Some("Leaf"),
+            Kind::LEAF_REPLY => Some("LeafReply"),
+            Kind::FETCH => Some("Fetch"),
+            Kind::FETCH_REPLY => Some("FetchReply"),
+            Kind::REPAIR_WRITE => Some("RepairWrite"),
+            Kind::REPAIR_WRITE_REPLY => Some("RepairWriteReply"),
+            Kind::REAP => Some("Reap"),
+            Kind::REAP_REPLY => Some("ReapReply"),
             _ => None,
         }
     }
@@ -822,6 +875,12 @@ mod tests {
             (Kind::OFFER, Kind::OFFER_REPLY),
             (Kind::GOSSIP_DIGEST, Kind::GOSSIP_REPLY),
             (Kind::GOSSIP_PUSH, Kind::GOSSIP_PUSH_REPLY),
+            (Kind::REPAIR, Kind::REPAIR_REPLY),
+            (Kind::TREE, Kind::TREE_REPLY),
+            (Kind::LEAF, Kind::LEAF_REPLY),
+            (Kind::FETCH, Kind::FETCH_REPLY),
+            (Kind::REPAIR_WRITE, Kind::REPAIR_WRITE_REPLY),
+            (Kind::REAP, Kind::REAP_REPLY),
         ] {
             assert_eq!(request.reply(), Some(reply));
             assert!(request.name().is_some() && reply.name().is_some());

@@ -109,6 +109,75 @@ pub const SCAN_REPLY_BYTES_MAX: usize = HEADER_BYTES
 /// the whole request is held to the node's request frame limit too).
 pub const OFFER_KEYS_MAX: usize = 1024;
 
+/// Anti-entropy: the Merkle trees' fan-out (interior nodes have this many
+/// children), as the engine's `cluster::merkle` builds them.
+pub const TREE_FANOUT: usize = 16;
+
+/// Anti-entropy: the deepest level of a tree (0 is the root, this the
+/// leaves). A `TreeRequest` for a deeper level is refused.
+pub const TREE_LEVEL_MAX: u8 = 3;
+
+/// Anti-entropy: leaves of a tree (`TREE_FANOUT ^ TREE_LEVEL_MAX`), so a
+/// leaf index is below this.
+pub const TREE_LEAVES: usize = 4096;
+
+const _: () = assert!(TREE_LEAVES == TREE_FANOUT.pow(TREE_LEVEL_MAX as u32));
+
+/// The most node indices one `TreeRequest` may name (each below the width
+/// of its level: `TREE_FANOUT ^ level`).
+pub const TREE_INDICES_MAX: usize = TREE_LEAVES;
+
+/// The most leaves one `LeafRequest` may name (each below
+/// [`TREE_LEAVES`]).
+pub const LEAF_LEAVES_MAX: usize = TREE_LEAVES;
+
+/// The most keys one `LeafReply` carries (the replica lists at most this
+/// many).
+pub const LEAF_ENTRIES_MAX: usize = 4096;
+
+/// The most bytes of keys one `LeafReply` carries beyond its first entry:
+/// a node leaves the rest of the listing out (the keys of these leaves
+/// are few in practice; only keys near the key limit come near it).
+pub const LEAF_REPLY_KEY_BYTES_MAX: usize = 16 << 20;
+
+/// The most keys one `FetchRequest` may name (each within the key limit).
+pub const FETCH_KEYS_MAX: usize = 4096;
+
+/// The most bytes of sets a `FetchReply` carries beyond its first entry,
+/// whatever the request asked (the keys left out are simply absent).
+pub const FETCH_PAGE_BYTES_MAX: usize = SCAN_PAGE_BYTES_MAX;
+
+/// The most entries one `RepairWrite` may carry (each key within the key
+/// limit; the whole request is held to the node's request frame limit too).
+pub const REPAIR_ENTRIES_MAX: usize = 4096;
+
+/// rkyv's bytes per entry of a `LeafReply` (a vector and a `u64`).
+pub const LEAF_ENTRY_OVERHEAD_BYTES: usize = 16;
+
+/// The largest `LeafReply` frame.
+pub const LEAF_REPLY_BYTES_MAX: usize = HEADER_BYTES
+    + MESSAGE_OVERHEAD_BYTES_MAX
+    + LEAF_ENTRIES_MAX * LEAF_ENTRY_OVERHEAD_BYTES
+    + LEAF_REPLY_KEY_BYTES_MAX
+    + KEY_BYTES_MAX;
+
+/// The largest `FetchReply` frame: as a scan page's.
+pub const FETCH_REPLY_BYTES_MAX: usize = HEADER_BYTES
+    + MESSAGE_OVERHEAD_BYTES_MAX
+    + FETCH_KEYS_MAX * SCAN_ENTRY_OVERHEAD_BYTES
+    + if FETCH_PAGE_BYTES_MAX > KEY_BYTES_MAX + SET_BYTES_MAX {
+        FETCH_PAGE_BYTES_MAX
+    } else {
+        KEY_BYTES_MAX + SET_BYTES_MAX
+    };
+
+/// The largest `TreeRequest` and `LeafRequest`: every index, two bytes each.
+pub const TREE_REQUEST_BYTES_MAX: usize =
+    HEADER_BYTES + MESSAGE_OVERHEAD_BYTES_MAX + 2 * TREE_INDICES_MAX;
+
+const _: () = assert!(LEAF_REPLY_BYTES_MAX <= REPLY_FRAME_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(FETCH_REPLY_BYTES_MAX <= REPLY_FRAME_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(TREE_REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT as usize);
 const _: () = assert!(REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT as usize);
 // A scan reply travels node to node as a reply, under the reply limit.
 const _: () = assert!(SCAN_REPLY_BYTES_MAX <= REPLY_FRAME_BYTES_MAX_DEFAULT as usize);

@@ -34,8 +34,9 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 use crate::clock::{ClockDecodeError, Dot, VersionVector};
 use crate::frame::{BODY_ALIGNMENT, Frame, HEADER_BYTES, Kind, PROTOCOL_VERSION, finish_frame};
 use crate::limits::{
-    ERROR_MESSAGE_BYTES_MAX, KEY_BYTES_MAX, OFFER_KEYS_MAX, SCAN_KEYS_MAX, SCAN_PAGE_BYTES_MAX,
-    VALUE_BYTES_MAX,
+    ERROR_MESSAGE_BYTES_MAX, FETCH_KEYS_MAX, FETCH_PAGE_BYTES_MAX, KEY_BYTES_MAX, LEAF_ENTRIES_MAX,
+    LEAF_LEAVES_MAX, OFFER_KEYS_MAX, REPAIR_ENTRIES_MAX, SCAN_KEYS_MAX, SCAN_PAGE_BYTES_MAX,
+    TREE_FANOUT, TREE_INDICES_MAX, TREE_LEAVES, TREE_LEVEL_MAX, VALUE_BYTES_MAX,
 };
 use crate::membership::{GossipDigest, GossipPush, MembershipError};
 use crate::ring::{Member, RingState};
@@ -230,7 +231,32 @@ pub struct StatsReply {
     pub data_partitions: u64,
     /// Every member its gossip knows, tombstones included, ascending by id.
     pub members: Vec<MemberSummary>,
+    /// Anti-entropy exchanges completed since it started (one partition
+    /// compared with one other replica).
+    pub anti_entropy_exchanges: u64,
+    /// Exchanges skipped (a peer down, a tree not comparable yet, a
+    /// request failed).
+    pub anti_entropy_skipped: u64,
+    /// Keys anti-entropy found differing and repaired.
+    pub anti_entropy_keys_repaired: u64,
+    /// Bytes of sets anti-entropy fetched from peers.
+    pub anti_entropy_bytes_received: u64,
+    /// Bytes of sets anti-entropy sent to peers.
+    pub anti_entropy_bytes_sent: u64,
+    /// Full anti-entropy rounds completed (every partition it replicates
+    /// compared with every other replica; its slowest shard's count).
+    pub anti_entropy_rounds: u64,
+    /// Milliseconds since the last full round ended;
+    /// [`NEVER`] if none has.
+    pub anti_entropy_last_round_ms: u64,
+    /// Partitions whose Merkle trees are still being built (not comparable
+    /// yet), after a restart or a failed write.
+    pub trees_building: u64,
 }
+
+/// [`StatsReply::anti_entropy_last_round_ms`] of a node that has not
+/// completed a round yet.
+pub const NEVER: u64 = u64::MAX;
 
 /// [`StatsReply::status`] of a node that runs no gossip yet.
 pub const STATUS_UNKNOWN: u8 = u8::MAX;
@@ -372,6 +398,245 @@ pub struct OfferReply {
     /// One per offered key.
     pub have: Vec<bool>,
 }
+
+/// An operator's "repair now" (`holdfast admin repair`): the receiving
+/// node runs anti-entropy at once for one partition (routed to the shard
+/// that owns it) or for every partition it replicates (every shard), and
+/// answers when the exchanges are done. Answered by [`RepairReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RepairRequest {
+    /// Every partition the node replicates (then `partition` is 0).
+    pub all: bool,
+    /// The partition, unless `all`.
+    pub partition: u32,
+}
+
+/// What an operator's repair compared and repaired (the engine's
+/// `RepairReport`, summed over the shards that took part).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RepairReply {
+    /// The id of the node that ran it.
+    pub node: u64,
+    /// Exchanges completed (one partition with one other replica).
+    pub exchanges: u64,
+    /// Exchanges skipped: the peer down, a tree not comparable yet (being
+    /// built after a restart), or a request that failed.
+    pub skipped: u64,
+    /// Completed exchanges whose roots differed.
+    pub partitions_differing: u64,
+    /// Leaves that differed.
+    pub leaves_differing: u64,
+    /// Tree hashes the peers sent.
+    pub hashes: u64,
+    /// Leaf entries (key and entry hash) the peers sent.
+    pub entries: u64,
+    /// Keys found differing, and repaired.
+    pub keys_repaired: u64,
+    /// Sets fetched from peers.
+    pub keys_received: u64,
+    /// Their bytes.
+    pub bytes_received: u64,
+    /// Sets sent to peers.
+    pub keys_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// How long the repair took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// Node to node (anti-entropy): the hashes of nodes `indices` at `level`
+/// of the receiver's Merkle tree of `partition` (level 0 is the root,
+/// [`TREE_LEVEL_MAX`](crate::limits::TREE_LEVEL_MAX) the leaves). The
+/// receiver refuses (`NotReplica`) unless it replicates the partition.
+/// Answered by [`TreeReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TreeRequest {
+    /// The partition.
+    pub partition: u32,
+    /// The level, at most [`TREE_LEVEL_MAX`](crate::limits::TREE_LEVEL_MAX).
+    pub level: u8,
+    /// The nodes of that level, each below `TREE_FANOUT ^ level`; at most
+    /// [`TREE_INDICES_MAX`](crate::limits::TREE_INDICES_MAX).
+    pub indices: Vec<u16>,
+}
+
+/// The hashes a [`TreeRequest`] asked for.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TreeReply {
+    /// Whether the receiver's tree is comparable (false while it is being
+    /// built after a restart; then `hashes` is empty).
+    pub comparable: bool,
+    /// One hash per index asked, in order.
+    pub hashes: Vec<u64>,
+}
+
+impl TreeReply {
+    /// The reply for a replica's answer (`None`: not comparable yet).
+    pub fn new(hashes: Option<Vec<u64>>) -> TreeReply {
+        match hashes {
+            Some(hashes) => TreeReply { comparable: true, hashes },
+            None => TreeReply { comparable: false, hashes: Vec::new() },
+        }
+    }
+
+    /// The replica's answer back (`None`: not comparable yet); an error
+    /// for a reply that says "not comparable" and still carries hashes.
+    pub fn into_hashes(self) -> Result<Option<Vec<u64>>, MessageError> {
+        match (self.comparable, self.hashes.is_empty()) {
+            (true, _) => Ok(Some(self.hashes)),
+            (false, true) => Ok(None),
+            (false, false) => Err(MessageError::Invalid {
+                kind: Kind::TREE_REPLY,
+                reason: "hashes from a tree that is not comparable".into(),
+            }),
+        }
+    }
+}
+
+/// Node to node (anti-entropy): the keys in `leaves` of the receiver's
+/// tree of `partition`, with their entry hashes. Refused (`NotReplica`)
+/// unless the receiver replicates the partition. Answered by
+/// [`LeafReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LeafRequest {
+    /// The partition.
+    pub partition: u32,
+    /// The leaves, each below [`TREE_LEAVES`](crate::limits::TREE_LEAVES);
+    /// at most [`LEAF_LEAVES_MAX`](crate::limits::LEAF_LEAVES_MAX).
+    pub leaves: Vec<u16>,
+}
+
+/// One key of a [`LeafReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LeafEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its entry hash (of the key and its set's canonical bytes).
+    pub hash: u64,
+}
+
+/// A leaf listing as a replica gives it: `(key, entry hash)`, ascending.
+pub type LeafEntries = Vec<(Vec<u8>, u64)>;
+
+/// The keys a [`LeafRequest`] asked for.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LeafReply {
+    /// Whether the receiver's tree is comparable (false while it is being
+    /// built; then `entries` is empty).
+    pub comparable: bool,
+    /// The keys, ascending, at most
+    /// [`LEAF_ENTRIES_MAX`](crate::limits::LEAF_ENTRIES_MAX).
+    pub entries: Vec<LeafEntry>,
+}
+
+impl LeafReply {
+    /// The reply for a replica's answer (`None`: not comparable yet).
+    pub fn new(entries: Option<LeafEntries>) -> LeafReply {
+        match entries {
+            Some(entries) => LeafReply {
+                comparable: true,
+                entries: entries.into_iter().map(|(key, hash)| LeafEntry { key, hash }).collect(),
+            },
+            None => LeafReply { comparable: false, entries: Vec::new() },
+        }
+    }
+
+    /// The replica's answer back (`None`: not comparable yet); an error
+    /// for a reply that says "not comparable" and still carries entries,
+    /// or that carries more than [`LEAF_ENTRIES_MAX`] or a key over `key_bytes_max`.
+    pub fn into_entries(self, key_bytes_max: usize) -> Result<Option<LeafEntries>, MessageError> {
+        let invalid = |reason: String| MessageError::Invalid { kind: Kind::LEAF_REPLY, reason };
+        if !self.comparable {
+            if !self.entries.is_empty() {
+                return Err(invalid("entries from a tree that is not comparable".into()));
+            }
+            return Ok(None);
+        }
+        if self.entries.len() > LEAF_ENTRIES_MAX {
+            let count = self.entries.len();
+            return Err(invalid(format!("{count} entries, over the limit of {LEAF_ENTRIES_MAX}")));
+        }
+        if let Some(entry) = self.entries.iter().find(|entry| entry.key.len() > key_bytes_max) {
+            let len = entry.key.len();
+            return Err(invalid(format!(
+                "a key of {len} bytes, over the limit of {key_bytes_max}"
+            )));
+        }
+        Ok(Some(self.entries.into_iter().map(|entry| (entry.key, entry.hash)).collect()))
+    }
+}
+
+/// Node to node (anti-entropy): the receiver's sets of these keys of
+/// `partition` (those it holds). Refused (`NotReplica`) unless the
+/// receiver replicates the partition. Answered by [`FetchReply`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchRequest {
+    /// The partition.
+    pub partition: u32,
+    /// The keys, at most [`FETCH_KEYS_MAX`](crate::limits::FETCH_KEYS_MAX),
+    /// each within the key limit.
+    pub keys: Vec<Vec<u8>>,
+    /// The reply may end once its sets reach this many bytes (the receiver
+    /// caps it at [`FETCH_PAGE_BYTES_MAX`](crate::limits::FETCH_PAGE_BYTES_MAX)).
+    pub bytes: u32,
+}
+
+/// The sets a [`FetchRequest`] asked for: the keys the receiver holds, in
+/// the order asked, each with its canonical set (never empty). Keys left
+/// out are absent there (or past the byte limit).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchReply {
+    /// The keys and their sets.
+    pub entries: Vec<ScanEntry>,
+}
+
+/// Node to node (anti-entropy): merge each set into the receiver's set of
+/// its key of `partition`, durably, before answering [`RepairWriteReply`].
+/// Refused (`NotReplica`) unless the receiver replicates the partition.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RepairWrite {
+    /// The partition.
+    pub partition: u32,
+    /// The keys and their canonical sets (never empty), at most
+    /// [`REPAIR_ENTRIES_MAX`](crate::limits::REPAIR_ENTRIES_MAX); the
+    /// whole request is held to the request frame limit.
+    pub entries: Vec<ScanEntry>,
+}
+
+/// The merges of a [`RepairWrite`] are durable (empty).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RepairWriteReply {}
+
+/// Node to node (anti-entropy): remove these keys of `partition`, each
+/// only if the receiver's set of it still has the token and holds only
+/// tombstones (every replica was found holding exactly that set). Refused
+/// (`NotReplica`) unless the receiver replicates the partition. Answered
+/// by [`ReapReply`] once the removals are durable.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReapRequest {
+    /// The partition.
+    pub partition: u32,
+    /// The keys and their set tokens, at most
+    /// [`OFFER_KEYS_MAX`](crate::limits::OFFER_KEYS_MAX).
+    pub keys: Vec<OfferEntry>,
+}
+
+/// The reaps of a [`ReapRequest`] are done and durable (empty).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReapReply {}
 
 /// The acknowledgement of a gossip push (empty).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -710,6 +975,18 @@ message! {
     OfferRequest => Kind::OFFER,
     OfferReply => Kind::OFFER_REPLY,
     GossipPushReply => Kind::GOSSIP_PUSH_REPLY,
+    RepairRequest => Kind::REPAIR,
+    RepairReply => Kind::REPAIR_REPLY,
+    TreeRequest => Kind::TREE,
+    TreeReply => Kind::TREE_REPLY,
+    LeafRequest => Kind::LEAF,
+    LeafReply => Kind::LEAF_REPLY,
+    FetchRequest => Kind::FETCH,
+    FetchReply => Kind::FETCH_REPLY,
+    RepairWrite => Kind::REPAIR_WRITE,
+    RepairWriteReply => Kind::REPAIR_WRITE_REPLY,
+    ReapRequest => Kind::REAP,
+    ReapReply => Kind::REAP_REPLY,
 }
 
 /// The only function in holdfast that reads archived bytes: rkyv's checked
@@ -994,6 +1271,57 @@ pub enum Request<'a> {
     GossipDigest(GossipDigest),
     /// A [`GossipPush`] (node to node), validated.
     GossipPush(GossipPush),
+    /// [`RepairRequest`]: an operator's "repair now".
+    Repair {
+        /// The partition; `None` for every partition the node replicates.
+        partition: Option<u32>,
+    },
+    /// [`TreeRequest`] (node to node), copied out and checked.
+    TreeHashes {
+        /// The partition.
+        partition: u32,
+        /// The level, at most [`TREE_LEVEL_MAX`].
+        level: u8,
+        /// The nodes of that level (each below its width), at most
+        /// [`TREE_INDICES_MAX`].
+        indices: Vec<u16>,
+    },
+    /// [`LeafRequest`] (node to node), copied out and checked.
+    LeafEntries {
+        /// The partition.
+        partition: u32,
+        /// The leaves (each below [`TREE_LEAVES`]), at most
+        /// [`LEAF_LEAVES_MAX`].
+        leaves: Vec<u16>,
+    },
+    /// [`FetchRequest`] (node to node), copied out and checked.
+    Fetch {
+        /// The partition.
+        partition: u32,
+        /// The keys (each within the key limit), at most
+        /// [`FETCH_KEYS_MAX`].
+        keys: Vec<Vec<u8>>,
+        /// The reply may end once its sets reach this many bytes, capped
+        /// at [`FETCH_PAGE_BYTES_MAX`].
+        bytes: usize,
+    },
+    /// [`RepairWrite`] (node to node): keys (each within the key limit)
+    /// and their encoded sets, borrowed (decoded by the replica, which
+    /// knows its limits), at most [`REPAIR_ENTRIES_MAX`].
+    RepairWrite {
+        /// The partition.
+        partition: u32,
+        /// The keys and their encoded sets.
+        entries: Vec<(&'a [u8], &'a [u8])>,
+    },
+    /// [`ReapRequest`] (node to node), copied out.
+    Reap {
+        /// The partition.
+        partition: u32,
+        /// The keys (each within the key limit) and their set tokens, at
+        /// most [`OFFER_KEYS_MAX`].
+        keys: Vec<(Vec<u8>, u64)>,
+    },
 }
 
 /// Why a node refuses a client's frame. Every variant is answered with an
@@ -1170,6 +1498,82 @@ impl<'a> Request<'a> {
             Kind::GOSSIP_PUSH => {
                 Request::GossipPush(GossipPush::from_frame(frame, Kind::GOSSIP_PUSH)?)
             }
+            Kind::REPAIR => {
+                let repair = frame.access::<RepairRequest>()?;
+                let partition = repair.partition.to_native();
+                if repair.all && partition != 0 {
+                    let message = "a repair of every partition names no partition";
+                    return Err(RequestError::BadField(message.into()));
+                }
+                Request::Repair { partition: (!repair.all).then_some(partition) }
+            }
+            Kind::TREE => {
+                let tree = frame.access::<TreeRequest>()?;
+                let level = tree.level;
+                if level > TREE_LEVEL_MAX {
+                    let message =
+                        format!("tree level {level} is below the leaves ({TREE_LEVEL_MAX})");
+                    return Err(RequestError::BadField(message));
+                }
+                let width = TREE_FANOUT.pow(u32::from(level));
+                let indices = check_indices(&tree.indices, TREE_INDICES_MAX, width, "tree nodes")?;
+                Request::TreeHashes { partition: tree.partition.to_native(), level, indices }
+            }
+            Kind::LEAF => {
+                let leaf = frame.access::<LeafRequest>()?;
+                let leaves = check_indices(&leaf.leaves, LEAF_LEAVES_MAX, TREE_LEAVES, "leaves")?;
+                Request::LeafEntries { partition: leaf.partition.to_native(), leaves }
+            }
+            Kind::FETCH => {
+                let fetch = frame.access::<FetchRequest>()?;
+                if fetch.keys.len() > FETCH_KEYS_MAX {
+                    let count = fetch.keys.len();
+                    let message =
+                        format!("{count} keys fetched, over the limit of {FETCH_KEYS_MAX}");
+                    return Err(RequestError::BadField(message));
+                }
+                let mut keys = Vec::with_capacity(fetch.keys.len());
+                for key in fetch.keys.iter() {
+                    keys.push(check_key(key, limits)?.to_vec());
+                }
+                Request::Fetch {
+                    partition: fetch.partition.to_native(),
+                    keys,
+                    bytes: (fetch.bytes.to_native() as usize).min(FETCH_PAGE_BYTES_MAX),
+                }
+            }
+            Kind::REAP => {
+                let reap = frame.access::<ReapRequest>()?;
+                if reap.keys.len() > OFFER_KEYS_MAX {
+                    let count = reap.keys.len();
+                    let message =
+                        format!("{count} keys to reap, over the limit of {OFFER_KEYS_MAX}");
+                    return Err(RequestError::BadField(message));
+                }
+                let mut keys = Vec::with_capacity(reap.keys.len());
+                for entry in reap.keys.iter() {
+                    keys.push((check_key(&entry.key, limits)?.to_vec(), entry.token.to_native()));
+                }
+                Request::Reap { partition: reap.partition.to_native(), keys }
+            }
+            Kind::REPAIR_WRITE => {
+                let repair = frame.access::<RepairWrite>()?;
+                if repair.entries.len() > REPAIR_ENTRIES_MAX {
+                    let count = repair.entries.len();
+                    let message =
+                        format!("{count} sets to repair, over the limit of {REPAIR_ENTRIES_MAX}");
+                    return Err(RequestError::BadField(message));
+                }
+                let mut entries = Vec::with_capacity(repair.entries.len());
+                for entry in repair.entries.iter() {
+                    let key = check_key(&entry.key, limits)?;
+                    if entry.set.is_empty() {
+                        return Err(RequestError::BadField("an empty set to repair".into()));
+                    }
+                    entries.push((key, entry.set.as_slice()));
+                }
+                Request::RepairWrite { partition: repair.partition.to_native(), entries }
+            }
             kind => return Err(MessageError::UnknownKind { kind }.into()),
         };
         Ok(request)
@@ -1195,8 +1599,37 @@ impl<'a> Request<'a> {
             Request::Offer { .. } => Kind::OFFER,
             Request::GossipDigest(_) => Kind::GOSSIP_DIGEST,
             Request::GossipPush(_) => Kind::GOSSIP_PUSH,
+            Request::Repair { .. } => Kind::REPAIR,
+            Request::TreeHashes { .. } => Kind::TREE,
+            Request::LeafEntries { .. } => Kind::LEAF,
+            Request::Fetch { .. } => Kind::FETCH,
+            Request::RepairWrite { .. } => Kind::REPAIR_WRITE,
+            Request::Reap { .. } => Kind::REAP,
         }
     }
+}
+
+/// Tree node indices (or leaves) as a request names them: at most `count`,
+/// each below `width`.
+fn check_indices(
+    indices: &[rkyv::rend::u16_le],
+    count: usize,
+    width: usize,
+    what: &str,
+) -> Result<Vec<u16>, RequestError> {
+    if indices.len() > count {
+        let len = indices.len();
+        return Err(RequestError::BadField(format!("{len} {what}, over the limit of {count}")));
+    }
+    let mut checked = Vec::with_capacity(indices.len());
+    for index in indices {
+        let index = index.to_native();
+        if usize::from(index) >= width {
+            return Err(RequestError::BadField(format!("{what}: {index} is not below {width}")));
+        }
+        checked.push(index);
+    }
+    Ok(checked)
 }
 
 fn check_key<'a>(key: &'a [u8], limits: &RequestLimits) -> Result<&'a [u8], RequestError> {
@@ -1230,6 +1663,8 @@ pub enum Reply {
     Stats(StatsReply),
     /// [`AdminReply`].
     Admin(AdminReply),
+    /// [`RepairReply`].
+    Repair(RepairReply),
     /// [`ErrorReply`].
     Error(ErrorReply),
 }
@@ -1249,6 +1684,7 @@ impl Reply {
             Kind::INSPECT_REPLY => Reply::Inspect(frame.decode()?),
             Kind::STATS_REPLY => Reply::Stats(frame.decode()?),
             Kind::ADMIN_REPLY => Reply::Admin(frame.decode()?),
+            Kind::REPAIR_REPLY => Reply::Repair(frame.decode()?),
             Kind::ERROR => Reply::Error(frame.decode()?),
             kind => return Err(MessageError::UnknownKind { kind }),
         })
@@ -1265,6 +1701,7 @@ impl Reply {
             Reply::Inspect(_) => Kind::INSPECT_REPLY,
             Reply::Stats(_) => Kind::STATS_REPLY,
             Reply::Admin(_) => Kind::ADMIN_REPLY,
+            Reply::Repair(_) => Kind::REPAIR_REPLY,
             Reply::Error(_) => Kind::ERROR,
         }
     }

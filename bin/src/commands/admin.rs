@@ -14,6 +14,11 @@
 //!   replicas. A node that answers pings is warned about (it should leave
 //!   instead), but removed all the same: the operator asked.
 //!
+//! - `repair [--partition P] [--addr ADDR]`: the node runs anti-entropy
+//!   now, for one partition it replicates or for every one, and the
+//!   command prints what it compared and repaired (`--node` is accepted
+//!   for `--addr` here: the node that runs it).
+//!
 //! There is no `admin join`: a node joins by starting with
 //! `holdfast serve --join --seeds ADDR` (any node of the cluster).
 //!
@@ -24,7 +29,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use holdfast_net::client::AdminOutcome;
+use holdfast_net::client::{AdminOutcome, Client, ClientOptions};
+use holdfast_net::message::RepairReply;
 use holdfast_net::ring::NodeId;
 
 use super::Outcome;
@@ -41,6 +47,24 @@ pub enum AdminCommand {
     /// Removes a dead node at once: its partitions are re-replicated from
     /// the surviving replicas. A node that can still leave should leave.
     Remove(RemoveArgs),
+    /// Runs anti-entropy on a node now: compares the Merkle trees of one
+    /// partition it replicates (or of every one) with the other replicas,
+    /// repairs the keys that differ, and prints what it did.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The partition to repair (as `holdfast status --key` prints a key's).
+    /// Default: every partition the node replicates.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// The node that runs the repair.
+    #[arg(long, alias = "node", default_value = "127.0.0.1:7070")]
+    pub addr: String,
+    /// How long to wait for the node to finish, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -78,7 +102,78 @@ pub fn run(command: AdminCommand) -> Result<Outcome> {
     match command {
         AdminCommand::Leave(args) => leave(args),
         AdminCommand::Remove(args) => remove(args),
+        AdminCommand::Repair(args) => repair(args),
     }
+}
+
+fn repair(args: RepairArgs) -> Result<Outcome> {
+    // The node answers once its exchanges are done: wait long for that,
+    // but not for a node that does not even accept the connection.
+    let options = ClientOptions {
+        timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        connect_timeout: REQUEST_TIMEOUT,
+        pool_size: 1,
+        route_by_ring: false,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&[args.addr.as_str()], options)
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let what = match args.partition {
+        Some(partition) => format!("partition {partition}"),
+        None => "every partition it replicates".to_string(),
+    };
+    let reply = client
+        .repair(args.partition)
+        .with_context(|| format!("asking {} to repair {what}", args.addr))?;
+    print!("{}", repair_text(&reply, &what));
+    Ok(Outcome::Done)
+}
+
+/// What `admin repair` prints: one `name value` pair per line after the
+/// first, so that scripts (and tests) can read it.
+fn repair_text(reply: &RepairReply, what: &str) -> String {
+    let mut out = format!("node {} repaired {what}\n", node_hex(reply.node));
+    let lines: [(&str, String); 13] = [
+        ("exchanges", reply.exchanges.to_string()),
+        ("skipped", reply.skipped.to_string()),
+        ("partitions_differing", reply.partitions_differing.to_string()),
+        ("leaves_differing", reply.leaves_differing.to_string()),
+        ("hashes_received", reply.hashes.to_string()),
+        ("entries_received", reply.entries.to_string()),
+        ("keys_repaired", reply.keys_repaired.to_string()),
+        ("keys_received", reply.keys_received.to_string()),
+        ("bytes_received", reply.bytes_received.to_string()),
+        ("keys_sent", reply.keys_sent.to_string()),
+        ("bytes_sent", reply.bytes_sent.to_string()),
+        ("elapsed_ms", reply.elapsed_ms.to_string()),
+        (
+            "summary",
+            format!(
+                "{} exchanges ({} skipped); {} partitions and {} leaves differed; {} keys \
+                 repaired: received {} keys ({}), sent {} keys ({}); {} ms",
+                reply.exchanges,
+                reply.skipped,
+                reply.partitions_differing,
+                reply.leaves_differing,
+                reply.keys_repaired,
+                reply.keys_received,
+                super::human_bytes(reply.bytes_received),
+                reply.keys_sent,
+                super::human_bytes(reply.bytes_sent),
+                reply.elapsed_ms,
+            ),
+        ),
+    ];
+    for (name, value) in lines {
+        out.push_str(&format!("{name} {value}\n"));
+    }
+    if reply.skipped > 0 {
+        out.push_str(
+            "note: skipped exchanges had a replica down, a tree still being built (after a \
+             restart), or a request that failed; run it again later\n",
+        );
+    }
+    out
 }
 
 fn leave(args: LeaveArgs) -> Result<Outcome> {
@@ -139,6 +234,25 @@ fn print_outcome(outcome: &AdminOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repair_prints_one_counter_per_line() {
+        let reply = RepairReply {
+            node: 0xab,
+            exchanges: 6,
+            keys_repaired: 3,
+            bytes_sent: 2048,
+            elapsed_ms: 12,
+            ..RepairReply::default()
+        };
+        let text = repair_text(&reply, "partition 5");
+        assert!(text.starts_with("node 00000000000000ab repaired partition 5\n"), "{text}");
+        assert!(text.contains("\nexchanges 6\n"), "{text}");
+        assert!(text.contains("\nskipped 0\n"), "{text}");
+        assert!(text.contains("\nkeys_repaired 3\n"), "{text}");
+        assert!(text.contains("sent 0 keys (2.0 KiB); 12 ms\n"), "{text}");
+        assert!(!text.contains("note:"));
+    }
 
     #[test]
     fn node_ids_parse_as_status_prints_them() {

@@ -36,7 +36,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use holdfast_net::client::{Client, ClientOptions, Inspected, RingInfo};
 use holdfast_net::membership::MemberStatus as Membership;
-use holdfast_net::message::{MemberSummary, STATUS_UNKNOWN, StatsReply};
+use holdfast_net::message::{MemberSummary, NEVER, STATUS_UNKNOWN, StatsReply};
 use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::{Actor, Dot, SiblingSet, VersionVector};
 use serde_json::{Value, json};
@@ -382,7 +382,29 @@ fn stats_text(stats: &StatsReply) -> String {
         stats.keys_removed,
         stats.partitions_waiting,
     ));
+    out.push_str(&format!(
+        "  anti-entropy: last full round {}; {} rounds; {} keys repaired; {} trees building; {} \
+         exchanges ({} skipped), received {}, sent {}\n",
+        last_round(stats.anti_entropy_last_round_ms),
+        stats.anti_entropy_rounds,
+        stats.anti_entropy_keys_repaired,
+        stats.trees_building,
+        stats.anti_entropy_exchanges,
+        stats.anti_entropy_skipped,
+        super::human_bytes(stats.anti_entropy_bytes_received),
+        super::human_bytes(stats.anti_entropy_bytes_sent),
+    ));
     out
+}
+
+/// When a node's last full anti-entropy round ended, as `status` says it.
+fn last_round(ms_ago: u64) -> String {
+    match ms_ago {
+        NEVER => "never".to_string(),
+        ms if ms < 1000 => format!("{ms} ms ago"),
+        ms if ms < 120_000 => format!("{:.1} s ago", ms as f64 / 1000.0),
+        ms => format!("{} min ago", ms / 60_000),
+    }
 }
 
 /// A member's membership and transfer counters as JSON.
@@ -400,6 +422,17 @@ fn stats_json(stats: &StatsReply) -> Value {
         "keys_removed": stats.keys_removed,
         "partitions_waiting": stats.partitions_waiting,
         "data_partitions": stats.data_partitions,
+        "anti_entropy": {
+            "last_round_ms_ago": (stats.anti_entropy_last_round_ms != NEVER)
+                .then_some(stats.anti_entropy_last_round_ms),
+            "rounds": stats.anti_entropy_rounds,
+            "keys_repaired": stats.anti_entropy_keys_repaired,
+            "trees_building": stats.trees_building,
+            "exchanges": stats.anti_entropy_exchanges,
+            "skipped": stats.anti_entropy_skipped,
+            "bytes_received": stats.anti_entropy_bytes_received,
+            "bytes_sent": stats.anti_entropy_bytes_sent,
+        },
     })
 }
 
@@ -703,6 +736,10 @@ mod tests {
             bytes_pulled: 1536,
             keys_handed_off: 3,
             data_partitions: 6,
+            anti_entropy_rounds: 2,
+            anti_entropy_last_round_ms: 2500,
+            anti_entropy_keys_repaired: 7,
+            trees_building: 1,
             ..StatsReply::default()
         };
         let probes = |addrs: &[&str]| -> Vec<Probe> {
@@ -724,8 +761,13 @@ mod tests {
         assert!(text.contains(
             "  transfers: 2 partitions to pull; pulled 5 partitions, 700 keys (1.5 KiB)"
         ));
+        assert!(text.contains(
+            "  anti-entropy: last full round 2.5 s ago; 2 rounds; 7 keys repaired; 1 trees building"
+        ));
+        assert_eq!(last_round(NEVER), "never");
         let json = report.to_json();
         let outside = &json["ring"]["outside"][0];
+        assert_eq!(outside["membership"]["anti_entropy"]["keys_repaired"], 7);
         assert_eq!(outside["status"], "Leaving");
         assert_eq!(outside["membership"]["keys_pulled"], 700);
         assert_eq!(outside["membership"]["next_version"], 4);

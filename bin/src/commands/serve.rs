@@ -26,6 +26,17 @@
 //! data directory rejoins as what it was, whatever `--join` says. Nodes
 //! leave with `holdfast admin leave` and are removed with `holdfast admin
 //! remove` (see `commands/admin.rs`).
+//!
+//! # Replacing a node's disk
+//!
+//! `--node-id HEX` (or `node_id`) starts a node that lost its data
+//! directory as the node it was: the id (as `holdfast status` prints it)
+//! is taken only when the directory has no `node.id` yet, and a `node.id`
+//! naming another node is refused. Given its old seeds, the node finds
+//! itself in their ring and rejoins as that member; anti-entropy then
+//! refills it from the other replicas. Its clocks start at an incarnation
+//! drawn far from its earlier life's (see the engine's `identity`), so it
+//! never reissues a dot it issued before.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +90,21 @@ pub struct ServeArgs {
     /// forming a first ring with them.
     #[arg(long)]
     pub join: bool,
+    /// The node's id (16 hex digits, as `holdfast status` prints them), for
+    /// a node that lost its data directory: used only when the directory
+    /// has no identity yet, and refused if it has another one.
+    #[arg(long, value_parser = parse_node_id, value_name = "HEX")]
+    pub node_id: Option<u64>,
+}
+
+/// A node id as `holdfast status` prints it: hex, with or without `0x`.
+fn parse_node_id(text: &str) -> Result<u64, String> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    match u64::from_str_radix(digits, 16) {
+        Ok(0) => Err("node 0 is not a node id".into()),
+        Ok(id) => Ok(id),
+        Err(error) => Err(format!("{text:?} is not a node id (16 hex digits): {error}")),
+    }
 }
 
 /// N, R and W on the command line (`serve` and `up`).
@@ -126,8 +152,12 @@ pub struct ConfigFile {
     phi_threshold: Option<f64>,
     handoff_keys_per_second: Option<u32>,
     transfer_keys_per_second: Option<u32>,
+    anti_entropy_period_ms: Option<u64>,
+    anti_entropy_keys_per_second: Option<u32>,
+    anti_entropy_bytes_per_second: Option<u64>,
     gossip_interval_ms: Option<u64>,
     join: Option<bool>,
+    node_id: Option<String>,
 }
 
 /// The options a node runs with, from the file and then the flags.
@@ -199,6 +229,13 @@ fn options_and_given(args: &ServeArgs) -> Result<(ServerOptions, Given)> {
     options.zone = args.zone.clone().or(file.zone).unwrap_or_default();
 
     options.join = args.join || file.join.unwrap_or(false);
+    options.node_id = match (args.node_id, &file.node_id) {
+        (Some(id), _) => Some(id),
+        (None, Some(text)) => {
+            Some(parse_node_id(text).map_err(|error| anyhow!("node_id: {error}"))?)
+        }
+        (None, None) => None,
+    };
     if options.join && options.seeds.iter().all(|seed| *seed == options.listen) {
         bail!("--join needs --seeds: the address of at least one node of the running cluster");
     }
@@ -236,6 +273,15 @@ fn options_and_given(args: &ServeArgs) -> Result<(ServerOptions, Given)> {
         transfer_keys_per_second: file
             .transfer_keys_per_second
             .unwrap_or(defaults.transfer_keys_per_second),
+        anti_entropy_period: file
+            .anti_entropy_period_ms
+            .map_or(defaults.anti_entropy_period, Duration::from_millis),
+        anti_entropy_keys_per_second: file
+            .anti_entropy_keys_per_second
+            .unwrap_or(defaults.anti_entropy_keys_per_second),
+        anti_entropy_bytes_per_second: file
+            .anti_entropy_bytes_per_second
+            .unwrap_or(defaults.anti_entropy_bytes_per_second),
         ..ClusterOptions::fitted(
             nodes,
             quorums.n.or(file.n),
@@ -533,8 +579,56 @@ mod tests {
     }
 
     #[test]
+    fn anti_entropy_settings_come_from_the_file() {
+        let defaults = options(&args(&["--data-dir", "/tmp/x"])).unwrap().cluster;
+        assert_eq!(defaults.anti_entropy_period, ClusterOptions::default().anti_entropy_period);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let path_text = path.to_str().unwrap();
+        std::fs::write(
+            &path,
+            concat!(
+                "data_dir = \"/tmp/x\"\nanti_entropy_period_ms = 0\n",
+                "anti_entropy_keys_per_second = 100\nanti_entropy_bytes_per_second = 4096\n",
+            ),
+        )
+        .unwrap();
+        let cluster = options(&args(&["--config", path_text])).unwrap().cluster;
+        assert_eq!(cluster.anti_entropy_period, Duration::ZERO, "zero: off");
+        assert_eq!(cluster.anti_entropy_keys_per_second, 100);
+        assert_eq!(cluster.anti_entropy_bytes_per_second, 4096);
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nanti_entropy_keys_per_second = 0\n").unwrap();
+        assert!(options(&args(&["--config", path_text])).is_err());
+    }
+
+    #[test]
     fn a_misspelled_setting_is_refused() {
         assert!(toml::from_str::<ConfigFile>("shard = 2").is_err());
         assert!(toml::from_str::<ConfigFile>("seed = [\"127.0.0.1:7071\"]").is_err());
+    }
+
+    #[test]
+    fn a_node_id_comes_from_the_flag_or_the_file_in_status_hex() {
+        let base = ["--data-dir", "/tmp/x"];
+        assert_eq!(options(&args(&base)).unwrap().node_id, None);
+        let given = options(&args(&[&base[..], &["--node-id", "00000000000000ab"]].concat()));
+        assert_eq!(given.unwrap().node_id, Some(0xab));
+        let given = options(&args(&[&base[..], &["--node-id", "0xffffffffffffffff"]].concat()));
+        assert_eq!(given.unwrap().node_id, Some(u64::MAX));
+        for bad in ["0", "xyz", "1ffffffffffffffff"] {
+            let line = [&base[..], &["--node-id", bad]].concat();
+            let parsed = Cli::try_parse_from(std::iter::once("serve").chain(line.iter().copied()));
+            assert!(parsed.is_err(), "{bad}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let path_text = path.to_str().unwrap();
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nnode_id = \"00000000000000cd\"\n").unwrap();
+        assert_eq!(options(&args(&["--config", path_text])).unwrap().node_id, Some(0xcd));
+        let overridden = options(&args(&["--config", path_text, "--node-id", "ef"])).unwrap();
+        assert_eq!(overridden.node_id, Some(0xef), "the flag wins");
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nnode_id = \"nope\"\n").unwrap();
+        assert!(error(&["--config", path_text]).contains("node_id"));
     }
 }

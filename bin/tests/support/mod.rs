@@ -695,3 +695,51 @@ impl Drop for Node {
         let _ = self.0.wait();
     }
 }
+
+impl Cluster {
+    /// Stops node `i` gracefully (SIGTERM) and waits until it exited 0 and
+    /// nothing listens on its port any more. Only for a `serve` cluster.
+    pub fn stop_node(&mut self, i: usize) {
+        let Processes::Serve { children } = &mut self.processes else {
+            panic!("stop_node needs a cluster started with serve")
+        };
+        let mut child = children[i].take().unwrap_or_else(|| panic!("node {i} is down"));
+        signal(child.id(), libc::SIGTERM);
+        let status = wait_timeout(&mut child, STOP_TIMEOUT);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(
+            status.is_some_and(|status| status.success()),
+            "node {i} stopped with {status:?}:\n{}",
+            self.logs()
+        );
+        assert!(
+            wait_for_all(&self.addrs[i..=i], nobody_listens, RESTART_PORT_TIMEOUT),
+            "something still listens on node {i}'s port {} {RESTART_PORT_TIMEOUT:?} after the \
+             node exited\n{}",
+            self.addrs[i],
+            self.logs()
+        );
+    }
+
+    /// Starts node `i` (stopped with [`Cluster::stop_node`]) again on its
+    /// address, data directory and seeds, with `more_args` after the
+    /// cluster's own, and waits until it serves.
+    pub fn start_node(&mut self, i: usize, more_args: &[&str]) {
+        let Processes::Serve { children } = &self.processes else {
+            panic!("start_node needs a cluster started with serve")
+        };
+        assert!(children[i].is_none(), "node {i} is running");
+        let kept = self.extra_args.len();
+        self.extra_args.extend(more_args.iter().map(|arg| (*arg).to_owned()));
+        self.spawn_node(i);
+        self.extra_args.truncate(kept);
+        if let Err(StartFailure::PortTaken(log) | StartFailure::Other(log)) =
+            self.wait_until_serving(&[i])
+        {
+            panic!("node {i} did not start:\n{log}");
+        }
+    }
+}

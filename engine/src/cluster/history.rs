@@ -473,12 +473,18 @@ impl History {
         // checks linear in the writes rather than quadratic.
         let mut acknowledged_contexts = VersionVector::new();
         let mut unacknowledged_contexts = VersionVector::new();
+        // Deletes whose outcome is unknown: applied and then reaped, they
+        // leave no trace of the writes they replaced.
+        let mut unacknowledged_deletes = VersionVector::new();
         for op in ops.iter().map(|id| &self.ops[id.index()]) {
             if let Some(context) = op.call.write_context() {
                 if op.acknowledged_dot().is_some() {
                     acknowledged_contexts.merge(context);
                 } else {
                     unacknowledged_contexts.merge(context);
+                    if matches!(op.call, Call::Delete { .. }) {
+                        unacknowledged_deletes.merge(context);
+                    }
                 }
             }
         }
@@ -513,6 +519,10 @@ impl History {
                 continue;
             }
             let replaceable = unacknowledged_contexts.contains(write.dot);
+            if options.tombstones_reaped && unacknowledged_deletes.contains(write.dot) {
+                stats.replaced_by_unacknowledged += 1;
+                continue;
+            }
             let held: Vec<Held> = sets.iter().map(|set| write.held_by(set, replaceable)).collect();
             let ok = match options.presence {
                 Presence::Any => held.iter().any(|&h| h != Held::No),
@@ -764,7 +774,9 @@ pub struct CheckOptions {
     /// acknowledged delete that no replica holds if no final set holds a
     /// value it replaced (a deleted value that came back is still lost
     /// data's mirror image: a violation); rule 3 leaves deletes and the
-    /// writes they replaced out.
+    /// writes they replaced out; and a write that a delete of unknown
+    /// outcome replaced need not be held at all (the delete may have been
+    /// applied and reaped).
     pub tombstones_reaped: bool,
 }
 

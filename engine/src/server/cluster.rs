@@ -16,8 +16,14 @@
 //! is answered "failed" at once, so the coordinator never waits for a
 //! timeout to learn what the kernel already told us. The peer's accepting
 //! shard routes each request to the shard that owns its key (or, for the
-//! transfer requests `SCAN` and `OFFER`, its partition), as it does a
-//! client's.
+//! transfer requests `SCAN` and `OFFER` and anti-entropy's `TREE`, `LEAF`,
+//! `FETCH` and `REPAIR_WRITE`, its partition), as it does a client's.
+//!
+//! Anti-entropy: the coordinator's replica operations for it (tree hashes,
+//! leaf listings, fetches, repair merges) run in the shard's low-share
+//! task queue, behind clients' requests, as does serving a peer's; an
+//! operator's repair (`Input::Repair`) is answered through a ticket
+//! (`Action::Repaired`).
 //!
 //! Rings: each tick the shard adopts the node's current and pending rings
 //! from the [`View`] shard 0's gossip publishes (`set_ring`,
@@ -40,11 +46,13 @@ use futures::future::{Either, select};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
 use holdfast_net::frame::{Frame, FrameDecoder, Kind};
-use holdfast_net::limits::REPLY_FRAME_BYTES_MAX_DEFAULT;
+use holdfast_net::limits::{KEY_BYTES_MAX, REPLY_FRAME_BYTES_MAX_DEFAULT};
 use holdfast_net::message::{
-    Coordinate, DeleteRequest, ErrorCode, ErrorReply, GetRequest, HintedWrite, OfferEntry,
-    OfferReply, OfferRequest, Ping, Pong, PutRequest, ReplicaRead, ReplicaReadReply, ReplicaWrite,
-    Reply, ScanReply, ScanRequest, decode_dot, encode_message,
+    Coordinate, DeleteRequest, ErrorCode, ErrorReply, FetchReply, FetchRequest, GetRequest,
+    HintedWrite, LeafReply, LeafRequest, OfferEntry, OfferReply, OfferRequest, Ping, Pong,
+    PutRequest, ReapReply, ReapRequest, RepairWrite, RepairWriteReply, ReplicaRead,
+    ReplicaReadReply, ReplicaWrite, Reply, ScanEntry, ScanReply, ScanRequest, TreeReply,
+    TreeRequest, decode_dot, encode_message,
 };
 use holdfast_net::ring::{NodeId, Ring};
 use holdfast_net::siblings::DecodeLimits;
@@ -55,7 +63,7 @@ use super::membership::{View, ViewCell};
 use super::shard::Shard;
 use crate::cluster::coordinator::{
     Action, ClientRef, ClientReply, ClientRequest, Coordinator, CoordinatorStats, Input, LocalOp,
-    LocalResult, OpId, PeerReply, PeerRequest,
+    LocalResult, OpId, PeerReply, PeerRequest, RepairReport,
 };
 
 /// How often a shard looks for expired coordinator timers. Request
@@ -89,6 +97,15 @@ pub(crate) struct ShardStats {
     pub ready_for: Option<u64>,
     /// Data partitions the shard's replica holds keys of.
     pub data_partitions: u64,
+    /// Partitions whose Merkle trees are not comparable yet (being built).
+    pub trees_building: u64,
+    /// Full anti-entropy rounds completed (for a node: its slowest
+    /// shard's).
+    pub anti_entropy_rounds: u64,
+    /// When the last full round ended (for a node: the oldest of its
+    /// shards'; `None` if any shard has completed none). An `Instant`,
+    /// since each shard's coordinator clock starts at its own moment.
+    pub anti_entropy_last_round: Option<Instant>,
 }
 
 /// A shard's coordinator and the state that drives it.
@@ -102,6 +119,9 @@ pub(crate) struct ClusterDriver {
     links: RefCell<BTreeMap<NodeId, Rc<Link>>>,
     view: ViewCell,
     stats: StatsCell,
+    /// Operators' repairs awaiting their report, by ticket.
+    repairs: RefCell<AHashMap<u64, oneshot::Sender<RepairReport>>>,
+    next_ticket: Cell<u64>,
 }
 
 impl ClusterDriver {
@@ -115,6 +135,8 @@ impl ClusterDriver {
             links: RefCell::new(BTreeMap::new()),
             view,
             stats,
+            repairs: RefCell::new(AHashMap::new()),
+            next_ticket: Cell::new(1),
         }
     }
 
@@ -176,11 +198,21 @@ impl ClusterDriver {
     pub fn node_stats(&self) -> ShardStats {
         let shards = self.shard_stats();
         let mut total = ShardStats::default();
+        // A node completed a round when every shard did.
+        let rounds = shards.iter().map(|shard| shard.anti_entropy_rounds).min();
+        total.anti_entropy_rounds = rounds.unwrap_or(0);
+        let never = shards.is_empty() || shards.iter().any(|s| s.anti_entropy_last_round.is_none());
+        total.anti_entropy_last_round = if never {
+            None
+        } else {
+            shards.iter().filter_map(|shard| shard.anti_entropy_last_round).min()
+        };
         for shard in shards {
             total.hinted_keys += shard.hinted_keys;
             total.coordinator += shard.coordinator;
             total.down.extend(shard.down);
             total.data_partitions += shard.data_partitions;
+            total.trees_building += shard.trees_building;
         }
         total.down.sort_unstable();
         total.down.dedup();
@@ -239,6 +271,14 @@ impl Shard {
                             let _ = done.send(reply);
                         }
                     }
+                    Action::Local { op, local } if is_anti_entropy(&local) => {
+                        // Anti-entropy's replica work waits behind clients'.
+                        let shard = self.clone();
+                        self.spawn_background(async move {
+                            let result = shard.replica.apply(local).await;
+                            shard.drive(Input::Local { op, result });
+                        });
+                    }
                     Action::Local { op, local } => {
                         let mut running = Box::pin(self.clone().run_local(local));
                         // Most reads complete without waiting (the value is
@@ -264,9 +304,33 @@ impl Shard {
                     Action::Timer { op, at } => {
                         self.cluster.timers.borrow_mut().insert((at, op));
                     }
+                    Action::Repaired { ticket, report } => {
+                        if let Some(done) = self.cluster.repairs.borrow_mut().remove(&ticket) {
+                            let _ = done.send(report);
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Runs anti-entropy now on this shard's coordinator, for `partitions`
+    /// (`None`: every partition of this shard the node replicates), and
+    /// returns what it compared and repaired; `None` if the coordinator
+    /// dropped the request.
+    pub(crate) async fn repair(
+        self: &Rc<Self>,
+        partitions: Option<Vec<u32>>,
+    ) -> Option<RepairReport> {
+        if self.cluster.coordinator.borrow().ring().is_none() {
+            self.cluster.adopt_ring();
+        }
+        let (done, report) = oneshot::channel();
+        let ticket = self.cluster.next_ticket.get();
+        self.cluster.next_ticket.set(ticket + 1);
+        self.cluster.repairs.borrow_mut().insert(ticket, done);
+        self.drive(Input::Repair { ticket, partitions });
+        report.await.ok()
     }
 
     async fn run_local(self: Rc<Self>, local: LocalOp) -> LocalResult {
@@ -315,7 +379,39 @@ impl Shard {
                 let keys = keys.into_iter().map(|(key, token)| OfferEntry { key, token }).collect();
                 (Kind::OFFER, encode_message(id, &OfferRequest { partition, keys }))
             }
+            PeerRequest::TreeHashes { partition, level, indices } => {
+                (Kind::TREE, encode_message(id, &TreeRequest { partition, level, indices }))
+            }
+            PeerRequest::LeafEntries { partition, leaves } => {
+                (Kind::LEAF, encode_message(id, &LeafRequest { partition, leaves }))
+            }
+            PeerRequest::Fetch { partition, keys, bytes } => {
+                let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+                (Kind::FETCH, encode_message(id, &FetchRequest { partition, keys, bytes }))
+            }
+            PeerRequest::Repair { partition, entries } => {
+                let entries = entries
+                    .into_iter()
+                    .map(|(key, set)| ScanEntry { key, set: set.encode() })
+                    .collect();
+                (Kind::REPAIR_WRITE, encode_message(id, &RepairWrite { partition, entries }))
+            }
+            PeerRequest::Reap { partition, keys } => {
+                let keys = keys.into_iter().map(|(key, token)| OfferEntry { key, token }).collect();
+                (Kind::REAP, encode_message(id, &ReapRequest { partition, keys }))
+            }
         };
+        // A repair batch over the peer's request frame limit (taken to be
+        // this node's) would make the peer close the link, failing every
+        // request on it: refuse it here instead (the exchange is skipped).
+        if kind == Kind::REPAIR_WRITE && frame.len() > self.options.frame_bytes_max as usize {
+            let message = format!(
+                "a repair of {} bytes is over the request frame limit of {}",
+                frame.len(),
+                self.options.frame_bytes_max
+            );
+            return Err(PeerReply::Failed { code: ErrorCode::FrameTooLarge, message });
+        }
         link.waiting.borrow_mut().insert(id, (op, kind));
         if link.outgoing.unbounded_send(frame).is_err() {
             link.waiting.borrow_mut().remove(&id);
@@ -481,9 +577,15 @@ impl Shard {
 impl Shard {
     fn publish_stats(&self, now: Duration) {
         let coordinator = self.cluster.coordinator.borrow();
+        let counters = coordinator.stats();
         let stats = ShardStats {
+            trees_building: self.replica.trees_building() as u64,
+            anti_entropy_rounds: counters.anti_entropy_rounds,
+            anti_entropy_last_round: counters
+                .anti_entropy_last_round
+                .map(|at| self.cluster.started + at),
             hinted_keys: self.replica.hinted_keys() as u64,
-            coordinator: coordinator.stats(),
+            coordinator: counters,
             down: coordinator.down(now),
             ring: coordinator.ring().cloned(),
             next: coordinator.next_ring().cloned(),
@@ -498,6 +600,20 @@ impl Shard {
             shards[index] = stats;
         }
     }
+}
+
+/// Whether a local operation is anti-entropy's, run behind clients' work
+/// in the shard's low-share task queue.
+fn is_anti_entropy(local: &LocalOp) -> bool {
+    matches!(
+        local,
+        LocalOp::TreeHashes { .. }
+            | LocalOp::LeafEntries { .. }
+            | LocalOp::Fetch { .. }
+            | LocalOp::MergeAll { .. }
+            | LocalOp::Tombstones { .. }
+            | LocalOp::Reap { .. }
+    )
 }
 
 /// The frame a client would have sent for `request` (what a `Coordinate`
@@ -549,6 +665,28 @@ fn peer_reply(kind: Kind, frame: &Frame, limits: DecodeLimits) -> PeerReply {
         Kind::OFFER => frame
             .decode::<OfferReply>()
             .map(|reply| PeerReply::Have(reply.have))
+            .map_err(|error| error.to_string()),
+        Kind::TREE => frame
+            .decode::<TreeReply>()
+            .and_then(TreeReply::into_hashes)
+            .map(PeerReply::Hashes)
+            .map_err(|error| error.to_string()),
+        Kind::LEAF => frame
+            .decode::<LeafReply>()
+            .and_then(|reply| reply.into_entries(KEY_BYTES_MAX))
+            .map(PeerReply::Entries)
+            .map_err(|error| error.to_string()),
+        Kind::FETCH => frame
+            .decode::<FetchReply>()
+            .map_err(|error| error.to_string())
+            .and_then(|reply| scanned(ScanReply { entries: reply.entries, more: false }, limits)),
+        Kind::REPAIR_WRITE => frame
+            .access::<RepairWriteReply>()
+            .map(|_| PeerReply::Written)
+            .map_err(|error| error.to_string()),
+        Kind::REAP => frame
+            .access::<ReapReply>()
+            .map(|_| PeerReply::Written)
             .map_err(|error| error.to_string()),
         other => Err(format!("no reply expected for {other}")),
     };

@@ -93,6 +93,11 @@ pub struct ServerOptions {
     /// the first ring with them. Ignored once the node has a `membership`
     /// file: a restarted node rejoins as what it was.
     pub join: bool,
+    /// The id a node without `node.id` takes instead of a random one: a
+    /// node that lost its data directory comes back as itself (at an
+    /// incarnation its earlier life cannot have used: see `identity`). If
+    /// `node.id` names another node, the node refuses to start.
+    pub node_id: Option<u64>,
 }
 
 impl ServerOptions {
@@ -115,6 +120,7 @@ impl ServerOptions {
             cluster: crate::cluster::ClusterOptions::default(),
             gossip_interval: Duration::from_secs(1),
             join: false,
+            node_id: None,
         }
     }
 }
@@ -409,7 +415,8 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
         .iter()
         .any(|report| report.torn_tails_truncated > 0 || report.corrupt_records_skipped > 0);
     let bump = !fresh && (lost_something || options.store.sync != SyncPolicy::Always);
-    let identity = crate::identity::load_or_create(&options.data_dir, rand::random::<u64>(), bump)?;
+    let fresh_as = crate::identity::Fresh::choose(options.node_id, &mut rand::rng());
+    let identity = crate::identity::load_or_create(&options.data_dir, fresh_as, bump)?;
     tracing::info!(
         node = format_args!("{:016x}", identity.node),
         incarnation = identity.incarnation,

@@ -14,18 +14,22 @@ use ahash::AHashMap;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::TcpListener;
-use glommio::{Latency, Shares};
+use glommio::{Latency, Shares, TaskQueueHandle};
 use holdfast_net::Actor;
 
 use holdfast_net::frame::{Frame, Kind};
-use holdfast_net::message::{AdminOp, ErrorCode, GossipPushReply, Request, RequestLimits};
+use holdfast_net::message::{
+    AdminOp, ErrorCode, GossipPushReply, RepairReply, Request, RequestLimits,
+};
 use holdfast_net::ring::Member;
 
 use super::ServerOptions;
 use super::cluster::{ClusterDriver, StatsCell};
 use super::membership::{Membership, StartCell, ViewCell};
 use super::wire;
-use crate::cluster::coordinator::{ClientRequest, Coordinator, PeerReply, PeerRequest};
+use crate::cluster::coordinator::{
+    ClientRequest, Coordinator, PeerReply, PeerRequest, RepairReport,
+};
 use crate::disk::dma::DmaDisk;
 use crate::partition::Partitioner;
 use crate::replica::{Replica, ReplicaError};
@@ -50,9 +54,36 @@ const NO_GOSSIP: &str =
 /// the wire.
 #[derive(Debug)]
 pub(crate) enum Forward {
-    Request { origin: u32, token: u64, frame: holdfast_net::frame::AlignedVec },
-    Reply { token: u64, frame: Vec<u8> },
+    Request {
+        origin: u32,
+        token: u64,
+        frame: holdfast_net::frame::AlignedVec,
+    },
+    Reply {
+        token: u64,
+        frame: Vec<u8>,
+    },
+    /// An operator's repair of every partition: the receiving shard runs
+    /// it on its own coordinator (never fanning out again) and answers
+    /// [`Forward::Repaired`].
+    Repair {
+        origin: u32,
+        token: u64,
+    },
+    /// What a shard's repair did (`None`: it could not run).
+    Repaired {
+        token: u64,
+        report: Option<RepairReport>,
+    },
 }
+
+/// Keys of its trees a shard's background builder reads per call, and how
+/// long it rests between calls while there is more, and between checks
+/// once every tree is built (a failed write can make a tree need building
+/// again).
+const TREE_BUILD_KEYS: usize = 256;
+const TREE_BUILD_PAUSE: Duration = Duration::from_millis(1);
+const TREE_BUILD_IDLE: Duration = Duration::from_millis(100);
 
 /// What a shard's executor is started with.
 pub(crate) struct ShardContext {
@@ -82,6 +113,11 @@ pub(crate) struct Shard {
     peers: Option<Senders<Forward>>,
     /// Requests forwarded to other shards, by token, awaiting replies.
     forwarded: RefCell<AHashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    /// Repairs asked of other shards, by token, awaiting their reports.
+    repairs: RefCell<AHashMap<u64, oneshot::Sender<Option<RepairReport>>>>,
+    /// The low-share task queue background work runs in (store upkeep,
+    /// tree builds, anti-entropy), so that clients' requests go first.
+    background: TaskQueueHandle,
     next_token: Cell<u64>,
     /// Requests received from clients on this shard's connections.
     pub requests: Cell<u64>,
@@ -142,6 +178,13 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
     };
     let mut coordinator = Coordinator::new(actor.node, options.cluster);
     coordinator.set_shard(id, options.shards);
+    // Background work runs in its own task queue with few shares, so
+    // foreground requests win whenever both are ready.
+    let background = glommio::executor().create_task_queue(
+        Shares::Static(50),
+        Latency::NotImportant,
+        "maintenance",
+    );
     let shard = Rc::new(Shard {
         id,
         partitioner,
@@ -150,6 +193,8 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         cluster: ClusterDriver::new(coordinator, view.clone(), stats.clone()),
         peers,
         forwarded: RefCell::new(AHashMap::new()),
+        repairs: RefCell::new(AHashMap::new()),
+        background,
         next_token: Cell::new(1),
         requests: Cell::new(0),
         in_flight: Cell::new(0),
@@ -185,13 +230,6 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         }
     }
 
-    // Background upkeep runs in its own task queue with few shares, so
-    // foreground requests win whenever both are ready.
-    let background = glommio::executor().create_task_queue(
-        Shares::Static(50),
-        Latency::NotImportant,
-        "maintenance",
-    );
     let upkeep = shard.clone();
     glommio::spawn_local_into(
         async move {
@@ -202,6 +240,22 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
                 if let Err(error) = upkeep.replica.store().maintain_paced(&mut pace).await {
                     tracing::warn!(shard = upkeep.id, %error, "store maintenance failed");
                 }
+            }
+        },
+        background,
+    )
+    .map_err(|error| error.to_string())?
+    .detach();
+
+    // The Merkle trees anti-entropy compares are built from the store after
+    // open, a page at a time, and again whenever one needs it.
+    let builder = shard.clone();
+    glommio::spawn_local_into(
+        async move {
+            while !builder.stopping.is_set() {
+                let more = builder.replica.build_trees(TREE_BUILD_KEYS).await;
+                let pause = if more { TREE_BUILD_PAUSE } else { TREE_BUILD_IDLE };
+                glommio::timer::sleep(pause).await;
             }
         },
         background,
@@ -311,11 +365,25 @@ impl Shard {
             | Request::Scan { .. }
             | Request::Offer { .. }
             | Request::GossipDigest(_)
-            | Request::GossipPush(_) => None,
+            | Request::GossipPush(_)
+            | Request::Repair { .. }
+            | Request::TreeHashes { .. }
+            | Request::LeafEntries { .. }
+            | Request::Fetch { .. }
+            | Request::RepairWrite { .. }
+            | Request::Reap { .. } => None,
         };
-        // A transfer request names its partition rather than a key.
+        // Transfer and anti-entropy requests (and an operator's repair of
+        // one partition) name their partition rather than a key.
         let partition = match &request {
-            Request::Scan { partition, .. } | Request::Offer { partition, .. } => {
+            Request::Scan { partition, .. }
+            | Request::Offer { partition, .. }
+            | Request::TreeHashes { partition, .. }
+            | Request::LeafEntries { partition, .. }
+            | Request::Fetch { partition, .. }
+            | Request::RepairWrite { partition, .. }
+            | Request::Reap { partition, .. }
+            | Request::Repair { partition: Some(partition) } => {
                 if *partition >= self.partitioner.partitions() {
                     let message = format!(
                         "partition {partition} is beyond this node's {}: the nodes disagree on \
@@ -411,18 +479,39 @@ impl Shard {
                 self.serve_peer(request_id, scan).await
             }
             Request::Offer { partition, keys } => {
-                // Only a node that keeps the partition may take it over:
-                // two nodes whose rings differ must never hand a key to each
-                // other and both drop it.
-                if !self.cluster.replicates(partition) {
-                    let message = format!(
-                        "node {:016x} does not replicate partition {partition} in its rings",
-                        self.replica.actor().node
-                    );
-                    return wire::error(request_id, ErrorCode::NotReplica, &message);
-                }
                 self.serve_peer(request_id, PeerRequest::Offer { partition, keys }).await
             }
+            Request::TreeHashes { partition, level, indices } => {
+                let request = PeerRequest::TreeHashes { partition, level, indices };
+                self.serve_peer(request_id, request).await
+            }
+            Request::LeafEntries { partition, leaves } => {
+                let request = PeerRequest::LeafEntries { partition, leaves };
+                self.serve_peer(request_id, request).await
+            }
+            Request::Fetch { partition, keys, bytes } => {
+                self.serve_peer(request_id, PeerRequest::Fetch { partition, keys, bytes }).await
+            }
+            Request::RepairWrite { partition, entries } => {
+                let mut decoded = Vec::with_capacity(entries.len());
+                for (key, set) in entries {
+                    match super::cluster::decode_set(set, self.replica.limits()) {
+                        Ok(set) if !set.is_empty() => decoded.push((key.to_vec(), set)),
+                        Ok(_) => {
+                            return wire::error(request_id, ErrorCode::BadRequest, "an empty set");
+                        }
+                        Err(message) => {
+                            return wire::error(request_id, ErrorCode::BadRequest, &message);
+                        }
+                    }
+                }
+                let request = PeerRequest::Repair { partition, entries: decoded };
+                self.serve_peer(request_id, request).await
+            }
+            Request::Reap { partition, keys } => {
+                self.serve_peer(request_id, PeerRequest::Reap { partition, keys }).await
+            }
+            Request::Repair { partition } => self.serve_repair(request_id, partition).await,
             Request::Admin { op, node } => {
                 let Some(membership) = self.membership() else {
                     return wire::error(request_id, ErrorCode::Unavailable, NO_GOSSIP);
@@ -453,17 +542,161 @@ impl Shard {
         }
     }
 
-    /// Serves a peer's transfer request on this shard's replica.
-    async fn serve_peer(&self, request_id: u64, request: PeerRequest) -> Vec<u8> {
+    /// Serves a peer's transfer or anti-entropy request on this shard's
+    /// replica (anti-entropy's in the low-share task queue, behind
+    /// clients' requests).
+    async fn serve_peer(self: &Rc<Self>, request_id: u64, request: PeerRequest) -> Vec<u8> {
+        // Only a node that keeps the partition may take it over or compare
+        // it: two nodes whose rings differ must never hand a key to each
+        // other and both drop it.
+        if let Some(partition) = request.partition_checked()
+            && !self.cluster.replicates(partition)
+        {
+            let message = format!(
+                "node {:016x} does not replicate partition {partition} in its rings",
+                self.replica.actor().node
+            );
+            return wire::error(request_id, ErrorCode::NotReplica, &message);
+        }
+        let kind = match &request {
+            PeerRequest::TreeHashes { .. } => Some(Kind::TREE),
+            PeerRequest::LeafEntries { .. } => Some(Kind::LEAF),
+            PeerRequest::Fetch { .. } => Some(Kind::FETCH),
+            PeerRequest::Repair { .. } => Some(Kind::REPAIR_WRITE),
+            PeerRequest::Reap { .. } => Some(Kind::REAP),
+            _ => None,
+        };
         let Some(local) = request.into_local() else {
             return wire::error(request_id, ErrorCode::Internal, "not a replica operation");
         };
-        match PeerReply::from_local(self.replica.apply(local).await) {
-            PeerReply::Scanned { entries, more, .. } => wire::scan_reply(request_id, entries, more),
-            PeerReply::Have(have) => wire::offer_reply(request_id, have),
-            PeerReply::Failed { code, message } => wire::error(request_id, code, &message),
-            other => wire::error(request_id, ErrorCode::Internal, &format!("{other:?}")),
+        let result = if kind.is_some() {
+            let shard = self.clone();
+            let running = glommio::spawn_local_into(
+                async move { shard.replica.apply(local).await },
+                self.background,
+            );
+            match running {
+                Ok(running) => running.await,
+                Err(error) => {
+                    return wire::error(request_id, ErrorCode::Internal, &error.to_string());
+                }
+            }
+        } else {
+            self.replica.apply(local).await
+        };
+        match (kind, PeerReply::from_local(result)) {
+            (_, PeerReply::Failed { code, message }) => wire::error(request_id, code, &message),
+            (None, PeerReply::Scanned { entries, more, .. }) => {
+                wire::scan_reply(request_id, entries, more)
+            }
+            (None, PeerReply::Have(have)) => wire::offer_reply(request_id, have),
+            (Some(Kind::TREE), PeerReply::Hashes(hashes)) => wire::tree_reply(request_id, hashes),
+            (Some(Kind::LEAF), PeerReply::Entries(entries)) => {
+                wire::leaf_reply(request_id, entries)
+            }
+            (Some(Kind::FETCH), PeerReply::Scanned { entries, .. }) => {
+                wire::fetch_reply(request_id, entries)
+            }
+            (Some(Kind::REPAIR_WRITE), PeerReply::Scanned { .. } | PeerReply::Written) => {
+                wire::repair_write_reply(request_id)
+            }
+            (Some(Kind::REAP), PeerReply::Written) => wire::reap_reply(request_id),
+            (_, other) => wire::error(request_id, ErrorCode::Internal, &format!("{other:?}")),
         }
+    }
+
+    /// Spawns background work (anti-entropy's replica operations) in the
+    /// shard's low-share task queue.
+    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + 'static) {
+        match glommio::spawn_local_into(work, self.background) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(error) => {
+                tracing::error!(shard = self.id, %error, "the background task queue is gone");
+            }
+        }
+    }
+
+    /// An operator's repair: of one partition (this shard owns it: the
+    /// request was routed here), or of every partition the node
+    /// replicates, on every shard at once.
+    async fn serve_repair(self: &Rc<Self>, request_id: u64, partition: Option<u32>) -> Vec<u8> {
+        let started = std::time::Instant::now();
+        let node = self.replica.actor().node;
+        if let Some(partition) = partition
+            && !self.cluster.replicates(partition)
+        {
+            let message = format!(
+                "node {node:016x} does not replicate partition {partition}: ask one of its \
+                 replicas (holdfast status --key shows a key's)"
+            );
+            return wire::error(request_id, ErrorCode::NotReplica, &message);
+        }
+        let repairing = async {
+            let Some(partition) = partition else { return self.repair_everywhere().await };
+            self.repair(Some(vec![partition])).await.ok_or("the coordinator dropped the repair")
+        };
+        let repairing = std::pin::pin!(repairing);
+        let stopping = std::pin::pin!(self.stopping.wait());
+        let report = match futures::future::select(repairing, stopping).await {
+            futures::future::Either::Left((Ok(report), _)) => report,
+            futures::future::Either::Left((Err(message), _)) => {
+                return wire::error(request_id, ErrorCode::Internal, message);
+            }
+            futures::future::Either::Right(_) => {
+                let message = "the node is shutting down; the repair stopped";
+                return wire::error(request_id, ErrorCode::ShuttingDown, message);
+            }
+        };
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let reply = RepairReply {
+            node,
+            exchanges: report.exchanges,
+            skipped: report.skipped,
+            partitions_differing: report.partitions_differing,
+            leaves_differing: report.leaves_differing,
+            hashes: report.hashes,
+            entries: report.entries,
+            keys_repaired: report.keys_repaired,
+            keys_received: report.keys_received,
+            bytes_received: report.bytes_received,
+            keys_sent: report.keys_sent,
+            bytes_sent: report.bytes_sent,
+            elapsed_ms,
+        };
+        holdfast_net::message::encode_message(request_id, &reply)
+    }
+
+    /// Runs a repair of every partition on every shard (each on its own
+    /// coordinator) and sums their reports.
+    async fn repair_everywhere(self: &Rc<Self>) -> Result<RepairReport, &'static str> {
+        let mut waiting = Vec::new();
+        if let Some(peers) = &self.peers {
+            for shard in 0..self.options.shards {
+                if shard == self.id {
+                    continue;
+                }
+                let token = self.next_token.get();
+                self.next_token.set(token + 1);
+                let (done, report) = oneshot::channel();
+                self.repairs.borrow_mut().insert(token, done);
+                let message = Forward::Repair { origin: self.id, token };
+                if peers.send_to(shard as usize, message).await.is_err() {
+                    self.repairs.borrow_mut().remove(&token);
+                    return Err("a shard is gone");
+                }
+                waiting.push(report);
+            }
+        }
+        let mut total = self.repair(None).await.ok_or("the coordinator dropped the repair")?;
+        for report in waiting {
+            match report.await {
+                Ok(Some(report)) => total += report,
+                Ok(None) | Err(_) => return Err("a shard could not run the repair"),
+            }
+        }
+        Ok(total)
     }
 
     /// Shard 0's gossip, once it started.
@@ -609,6 +842,27 @@ impl Shard {
             Forward::Reply { token, frame } => {
                 if let Some(done) = self.forwarded.borrow_mut().remove(&token) {
                     let _ = done.send(frame);
+                }
+            }
+            Forward::Repair { origin, token } => {
+                glommio::spawn_local(async move {
+                    let repairing = std::pin::pin!(self.repair(None));
+                    let stopping = std::pin::pin!(self.stopping.wait());
+                    let report = match futures::future::select(repairing, stopping).await {
+                        futures::future::Either::Left((report, _)) => report,
+                        futures::future::Either::Right(_) => None,
+                    };
+                    if let Some(peers) = &self.peers {
+                        let _ = peers
+                            .send_to(origin as usize, Forward::Repaired { token, report })
+                            .await;
+                    }
+                })
+                .detach();
+            }
+            Forward::Repaired { token, report } => {
+                if let Some(done) = self.repairs.borrow_mut().remove(&token) {
+                    let _ = done.send(report);
                 }
             }
         }

@@ -5,12 +5,16 @@
 
 use holdfast_net::SiblingSet;
 use holdfast_net::frame::Kind;
-use holdfast_net::limits::{SCAN_KEYS_MAX, SCAN_PAGE_BYTES_MAX};
+use holdfast_net::limits::{
+    FETCH_KEYS_MAX, FETCH_PAGE_BYTES_MAX, LEAF_ENTRIES_MAX, LEAF_REPLY_KEY_BYTES_MAX,
+    SCAN_KEYS_MAX, SCAN_PAGE_BYTES_MAX,
+};
 use holdfast_net::membership::MemberStatus;
 use holdfast_net::message::{
-    AdminReply, DeleteReply, ErrorCode, ErrorReply, GetReply, HelloReply, InspectReply, OfferReply,
-    Pong, PutReply, ReplicaReadReply, ReplicaWriteReply, RingReply, STATUS_UNKNOWN, ScanEntry,
-    ScanReply, encode_dot, encode_message,
+    AdminReply, DeleteReply, ErrorCode, ErrorReply, FetchReply, GetReply, HelloReply, InspectReply,
+    LeafReply, NEVER, OfferReply, Pong, PutReply, RepairWriteReply, ReplicaReadReply,
+    ReplicaWriteReply, RingReply, STATUS_UNKNOWN, ScanEntry, ScanReply, TreeReply, encode_dot,
+    encode_message,
 };
 use holdfast_net::ring::{Member, NodeId, Ring};
 
@@ -123,6 +127,16 @@ pub(crate) fn stats_reply(
         partitions_waiting: transfers.partitions_waiting,
         data_partitions: stats.data_partitions,
         members: view.members,
+        anti_entropy_exchanges: transfers.anti_entropy.exchanges,
+        anti_entropy_skipped: transfers.anti_entropy.skipped,
+        anti_entropy_keys_repaired: transfers.anti_entropy.keys_repaired,
+        anti_entropy_bytes_received: transfers.anti_entropy.bytes_received,
+        anti_entropy_bytes_sent: transfers.anti_entropy.bytes_sent,
+        anti_entropy_rounds: stats.anti_entropy_rounds,
+        anti_entropy_last_round_ms: stats.anti_entropy_last_round.map_or(NEVER, |at| {
+            u64::try_from(at.elapsed().as_millis()).unwrap_or(NEVER - 1).min(NEVER - 1)
+        }),
+        trees_building: stats.trees_building,
     };
     encode_message(request_id, &reply)
 }
@@ -164,4 +178,54 @@ pub(crate) fn scan_reply(
 
 pub(crate) fn offer_reply(request_id: u64, have: Vec<bool>) -> Vec<u8> {
     encode_message(request_id, &OfferReply { have })
+}
+
+/// A tree's hashes (`None`: not comparable yet) as their reply.
+pub(crate) fn tree_reply(request_id: u64, hashes: Option<Vec<u64>>) -> Vec<u8> {
+    encode_message(request_id, &TreeReply::new(hashes))
+}
+
+/// Leaves' keys as their reply (`None`: not comparable yet): at most
+/// [`LEAF_ENTRIES_MAX`], and the keys within [`LEAF_REPLY_KEY_BYTES_MAX`]
+/// beyond the first, so the reply fits the reply frame whatever the keys.
+pub(crate) fn leaf_reply(request_id: u64, entries: Option<Vec<(Vec<u8>, u64)>>) -> Vec<u8> {
+    let entries = entries.map(|entries| {
+        let mut bytes = 0;
+        let mut kept = Vec::with_capacity(entries.len().min(LEAF_ENTRIES_MAX));
+        for (key, hash) in entries.into_iter().take(LEAF_ENTRIES_MAX) {
+            if !kept.is_empty() && bytes + key.len() > LEAF_REPLY_KEY_BYTES_MAX {
+                break;
+            }
+            bytes += key.len();
+            kept.push((key, hash));
+        }
+        kept
+    });
+    encode_message(request_id, &LeafReply::new(entries))
+}
+
+/// Fetched sets as their reply: in order while they stay within
+/// [`FETCH_PAGE_BYTES_MAX`] (the first always goes); keys left out are
+/// absent to the asker, which fetches them again in a later exchange.
+pub(crate) fn fetch_reply(request_id: u64, entries: Vec<(Vec<u8>, SiblingSet)>) -> Vec<u8> {
+    let mut page = Vec::with_capacity(entries.len().min(FETCH_KEYS_MAX));
+    let mut bytes = 0;
+    for (key, set) in entries.into_iter().take(FETCH_KEYS_MAX) {
+        let set = set.encode();
+        let size = key.len() + set.len();
+        if !page.is_empty() && bytes + size > FETCH_PAGE_BYTES_MAX {
+            break;
+        }
+        bytes += size;
+        page.push(ScanEntry { key, set });
+    }
+    encode_message(request_id, &FetchReply { entries: page })
+}
+
+pub(crate) fn repair_write_reply(request_id: u64) -> Vec<u8> {
+    encode_message(request_id, &RepairWriteReply {})
+}
+
+pub(crate) fn reap_reply(request_id: u64) -> Vec<u8> {
+    encode_message(request_id, &holdfast_net::message::ReapReply {})
 }

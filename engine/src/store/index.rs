@@ -118,6 +118,16 @@ impl Index {
         found.into_iter().cloned().collect()
     }
 
+    /// The keys of `partition` holding a value for which `wanted` is true,
+    /// in no particular order (only those are copied).
+    pub fn keys_where(&self, partition: u32, wanted: impl Fn(&[u8]) -> bool) -> Vec<Box<[u8]>> {
+        let Some(keys) = self.partitions.get(&partition) else { return Vec::new() };
+        keys.iter()
+            .filter(|(key, location)| location.kind == RecordKind::Put && wanted(key))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The partitions holding at least one key (a value or a removal), sorted.
     pub fn partitions(&self) -> Vec<u32> {
         let mut partitions: Vec<u32> = self.partitions.keys().copied().collect();

@@ -906,6 +906,13 @@ impl<D: Disk> Store<D> {
         self.inner.borrow().index.keys(partition, after, limit)
     }
 
+    /// The keys of `partition` holding a value for which `wanted` is true,
+    /// in no particular order: a filtered listing that copies only what it
+    /// returns.
+    pub fn keys_where(&self, partition: u32, wanted: impl Fn(&[u8]) -> bool) -> Vec<Box<[u8]>> {
+        self.inner.borrow().index.keys_where(partition, wanted)
+    }
+
     /// How many keys of `partition` hold a value.
     pub fn key_count(&self, partition: u32) -> usize {
         self.inner.borrow().index.live_keys_in(partition)

@@ -35,7 +35,7 @@ use super::{
     RequestId, Response, RingInfo, Router, WriteOptions, Written,
 };
 use crate::limits::{IN_FLIGHT_MAX_DEFAULT, REPLY_FRAME_BYTES_MAX_DEFAULT};
-use crate::message::{AdminOp, StatsReply};
+use crate::message::{AdminOp, RepairReply, StatsReply};
 use crate::ring::NodeId;
 
 /// Configuration of a [`Client`].
@@ -152,6 +152,12 @@ pub enum Operation {
         /// The node to change.
         node: NodeId,
     },
+    /// An operator's anti-entropy repair at the node asked (never routed):
+    /// of one partition, or of every partition it replicates (`None`).
+    Repair {
+        /// The partition; `None` for all.
+        partition: Option<u32>,
+    },
     /// Read the node's own replica of a key (never routed: it goes to a
     /// seed, whose replica it reads).
     Inspect {
@@ -167,6 +173,9 @@ impl Operation {
         match self {
             Operation::Get { .. } | Operation::Ping | Operation::Ring => true,
             Operation::Inspect { .. } | Operation::Stats => true,
+            // Repairing twice does the work twice, but harmlessly (merges
+            // are idempotent); not retried all the same, since it is slow.
+            Operation::Repair { .. } => false,
             // Setting a status twice sets it once more at a new version:
             // harmless, but not what was asked; never retried.
             Operation::Put { .. } | Operation::Delete { .. } | Operation::Admin { .. } => false,
@@ -179,7 +188,7 @@ impl Operation {
             Operation::Get { key, .. } | Operation::Put { key, .. } => Some(key),
             Operation::Delete { key, .. } => Some(key),
             Operation::Ping | Operation::Ring | Operation::Inspect { .. } => None,
-            Operation::Stats | Operation::Admin { .. } => None,
+            Operation::Stats | Operation::Admin { .. } | Operation::Repair { .. } => None,
         }
     }
 }
@@ -487,6 +496,19 @@ impl Client {
         match self.call(&Operation::Admin { op, node })? {
             Response::Admin(outcome) => Ok(outcome),
             other => unreachable!("an admin request completed as {other:?}"),
+        }
+    }
+
+    /// Asks a seed to run anti-entropy now, of `partition` or of every
+    /// partition it replicates (`None`), and waits for what it compared
+    /// and repaired. The node answers when its exchanges end, which can
+    /// take a while: connect with a generous [`ClientOptions::timeout`].
+    /// Never routed: to ask one node, connect a client to just its
+    /// address. Never retried.
+    pub fn repair(&self, partition: Option<u32>) -> Result<RepairReply, ClientError> {
+        match self.call(&Operation::Repair { partition })? {
+            Response::Repair(reply) => Ok(reply),
+            other => unreachable!("a repair request completed as {other:?}"),
         }
     }
 
@@ -982,6 +1004,7 @@ impl Connection {
             Operation::Inspect { key } => self.core.start_inspect(now, key),
             Operation::Stats => self.core.start_stats(now),
             Operation::Admin { op, node } => self.core.start_admin(now, *op, *node),
+            Operation::Repair { partition } => self.core.start_repair(now, *partition),
         }
     }
 

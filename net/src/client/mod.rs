@@ -151,7 +151,7 @@ use crate::frame::{FrameError, Kind};
 #[cfg(doc)]
 use crate::limits::CONTEXT_BYTES_MAX;
 use crate::membership::MemberStatus;
-use crate::message::{ErrorCode, MessageError, StatsReply};
+use crate::message::{ErrorCode, MessageError, RepairReply, StatsReply};
 use crate::ring::{NodeId, Ring};
 use crate::siblings::SiblingSet;
 
@@ -282,6 +282,8 @@ pub enum Response {
     Stats(StatsReply),
     /// What an operator's membership change did.
     Admin(AdminOutcome),
+    /// What an operator's repair compared and repaired.
+    Repair(RepairReply),
 }
 
 /// What an operator's membership change ([`Client::admin_leave`],

@@ -35,7 +35,8 @@ use crate::limits::{
 use crate::membership::MemberStatus;
 use crate::message::{
     AdminOp, AdminRequest, DeleteRequest, GetRequest, InspectReply, InspectRequest, MessageError,
-    Ping, PutRequest, Reply, RingReply, RingRequest, StatsRequest, decode_dot, encode_message_into,
+    Ping, PutRequest, RepairRequest, Reply, RingReply, RingRequest, StatsRequest, decode_dot,
+    encode_message_into,
 };
 use crate::ring::Ring;
 use crate::siblings::{DecodeLimits, SiblingSet};
@@ -94,6 +95,7 @@ enum Started {
     Inspect,
     Stats,
     Admin,
+    Repair,
 }
 
 impl Started {
@@ -108,6 +110,7 @@ impl Started {
             Started::Inspect => Kind::INSPECT,
             Started::Stats => Kind::STATS,
             Started::Admin => Kind::ADMIN,
+            Started::Repair => Kind::REPAIR,
         }
     }
 }
@@ -241,6 +244,19 @@ impl ClientCore {
         self.admit(&[], &[])?;
         let request = AdminRequest { op: op.as_u8(), node };
         Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Admin))
+    }
+
+    /// Starts an operator's anti-entropy repair at the receiving node: of
+    /// `partition`, or of every partition it replicates (`None`). The node
+    /// answers when its exchanges are done, so give it a long timeout.
+    pub fn start_repair(
+        &mut self,
+        now: Instant,
+        partition: Option<u32>,
+    ) -> Result<RequestId, ClientError> {
+        self.admit(&[], &[])?;
+        let request = RepairRequest { all: partition.is_none(), partition: partition.unwrap_or(0) };
+        Ok(self.send(now, |out, id| encode_message_into(out, id, &request), Started::Repair))
     }
 
     /// Starts a read of the node's own replica of `key`, without
@@ -482,6 +498,10 @@ fn complete(started: Started, frame: &Frame) -> Result<Response, ClientError> {
                 status: MemberStatus::from_u8(reply.status),
                 message: reply.message,
             })),
+            other => Err(unexpected(other)),
+        },
+        Started::Repair => match reply {
+            Reply::Repair(reply) => Ok(Response::Repair(reply)),
             other => Err(unexpected(other)),
         },
     }

@@ -84,6 +84,9 @@ const LEAVES_PER_BATCH: usize = 64;
 const FRAME_BYTES: usize = 512 << 10;
 /// Keys per repair request.
 const REPAIR_KEYS: usize = 128;
+/// Keys fetched per batch at most (within the protocol's limit); the rest
+/// still differ and are repaired by a later exchange.
+const FETCH_KEYS: usize = 1024;
 /// Tombstones a reap check lists, and offers at most (the offer limit).
 const TOMBSTONES_LISTED: usize = 4096;
 const REAP_KEYS: usize = 1024;
@@ -165,7 +168,7 @@ pub(super) struct AntiEntropy {
     candidates: BTreeMap<u32, BTreeMap<Vec<u8>, (u64, Duration)>>,
     keys: f64,
     bytes: f64,
-    refilled: Duration,
+    refilled: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -234,15 +237,25 @@ enum Stage {
 }
 
 impl Coordinator {
-    pub(super) fn anti_entropy_tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+    /// Refills the budget: at most a second's worth saved up (and a full
+    /// second's at the start, so that a repair asked for before the first
+    /// tick runs at once).
+    fn refill(&mut self, now: Duration) {
         let ae = &mut self.anti_entropy;
         let keys_rate = f64::from(self.options.anti_entropy_keys_per_second);
         let bytes_rate = self.options.anti_entropy_bytes_per_second as f64;
-        let elapsed = now.saturating_sub(ae.refilled).as_secs_f64();
+        let elapsed = match ae.refilled {
+            Some(refilled) => now.saturating_sub(refilled).as_secs_f64(),
+            None => 1.0,
+        };
         ae.keys = (ae.keys + elapsed * keys_rate).min(keys_rate);
         ae.bytes = (ae.bytes + elapsed * bytes_rate).min(bytes_rate);
-        ae.refilled = now;
-        match ae.exchange {
+        ae.refilled = Some(now);
+    }
+
+    pub(super) fn anti_entropy_tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        self.refill(now);
+        match self.anti_entropy.exchange {
             Some(op) => {
                 // A batch waiting for budget resumes when there is some.
                 if let Some(Operation::AntiEntropy(exchange)) = self.operations.get(&op)
@@ -264,6 +277,7 @@ impl Coordinator {
         partitions: Option<Vec<u32>>,
         out: &mut Vec<Action>,
     ) {
+        self.refill(now);
         let pairs: VecDeque<(u32, NodeId)> = self
             .anti_entropy_pairs()
             .into_iter()
@@ -595,6 +609,7 @@ impl Coordinator {
                     .iter()
                     .filter(|(key, entry)| mine.get(*key) != Some(entry))
                     .map(|(key, _)| key.clone())
+                    .take(FETCH_KEYS)
                     .collect();
                 // This replica's set goes as it is where only it holds the key.
                 let only_mine: Vec<Vec<u8>> =
@@ -622,7 +637,7 @@ impl Coordinator {
                         .is_some_and(|e| matches!(e.stage, Stage::Fetching { mine: Some(_), .. }))
                 {
                     // Nothing differs after all (a write landed meanwhile).
-                    return self.advance(now, op, out);
+                    self.advance(now, op, out);
                 }
             }
             Stage::Fetching { theirs: Some(theirs), mine: Some(mine), .. } => {
