@@ -505,3 +505,52 @@ fn values_corrupted_on_disk_are_reported_and_repaired() {
     );
     cluster.stop();
 }
+
+/// Deleted keys' tombstones are reaped on every replica once all hold them
+/// (with a zero grace and a one-second period), the kept keys stay, and a
+/// reaped key can be written again.
+#[test]
+fn tombstones_every_replica_holds_are_reaped_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("holdfast.toml");
+    std::fs::write(&config, "anti_entropy_period_ms = 1000\ntombstone_grace_ms = 0\n").unwrap();
+    let cluster = Cluster::serve(3, &["--shards", "2", "--config", config.to_str().unwrap()]);
+    let prefix = "reap";
+    let count = 200;
+    write_keys(&cluster, prefix, count);
+    let client = cluster.cluster_client();
+    let deleted: Vec<usize> = (0..count).step_by(2).collect();
+    for &i in &deleted {
+        let read = client.get(&key(prefix, i)).unwrap();
+        client.delete(&key(prefix, i), &read.context).unwrap();
+    }
+    // Reaped everywhere: no node holds anything of a deleted key, not even
+    // its tombstone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = |addr: SocketAddr| -> usize {
+        let node = direct(addr);
+        deleted.iter().filter(|&&i| !node.inspect(&key(prefix, i)).unwrap().set.is_empty()).count()
+    };
+    loop {
+        let left: Vec<usize> = cluster.addrs().iter().map(|&addr| held(addr)).collect();
+        if left.iter().all(|&n| n == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tombstones still held per node: {left:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let kept: Vec<usize> = (1..count).step_by(2).collect();
+    for &addr in cluster.addrs() {
+        let wrong: Vec<Result<(), String>> =
+            inspect_all(addr, prefix, &kept).into_iter().filter(Result::is_err).collect();
+        assert!(wrong.is_empty(), "{addr}: {wrong:?}");
+    }
+    let reaped: u64 =
+        cluster.addrs().iter().map(|&addr| direct(addr).stats().unwrap().tombstones_reaped).sum();
+    assert!(reaped >= deleted.len() as u64, "stats say {reaped} reaped");
+    let status = cluster.cli(0, &["status"]);
+    assert!(stdout(&status).contains("tombstones reaped"), "{}", explain(&status));
+    // A reaped key is written again, blind, and reads back alone.
+    client.put(&key(prefix, 0), b"again", None).unwrap();
+    assert_eq!(client.get(&key(prefix, 0)).unwrap().values, vec![b"again".to_vec()]);
+}

@@ -252,6 +252,9 @@ pub struct StatsReply {
     /// Partitions whose Merkle trees are still being built (not comparable
     /// yet), after a restart or a failed write.
     pub trees_building: u64,
+    /// Tombstones reaped, by the partitions whose first replica this node
+    /// is (on every replica), since it started.
+    pub tombstones_reaped: u64,
 }
 
 /// [`StatsReply::anti_entropy_last_round_ms`] of a node that has not

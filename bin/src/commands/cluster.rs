@@ -384,7 +384,7 @@ fn stats_text(stats: &StatsReply) -> String {
     ));
     out.push_str(&format!(
         "  anti-entropy: last full round {}; {} rounds; {} keys repaired; {} trees building; {} \
-         exchanges ({} skipped), received {}, sent {}\n",
+         exchanges ({} skipped), received {}, sent {}; {} tombstones reaped\n",
         last_round(stats.anti_entropy_last_round_ms),
         stats.anti_entropy_rounds,
         stats.anti_entropy_keys_repaired,
@@ -393,6 +393,7 @@ fn stats_text(stats: &StatsReply) -> String {
         stats.anti_entropy_skipped,
         super::human_bytes(stats.anti_entropy_bytes_received),
         super::human_bytes(stats.anti_entropy_bytes_sent),
+        stats.tombstones_reaped,
     ));
     out
 }
@@ -432,6 +433,7 @@ fn stats_json(stats: &StatsReply) -> Value {
             "skipped": stats.anti_entropy_skipped,
             "bytes_received": stats.anti_entropy_bytes_received,
             "bytes_sent": stats.anti_entropy_bytes_sent,
+            "tombstones_reaped": stats.tombstones_reaped,
         },
     })
 }

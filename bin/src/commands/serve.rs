@@ -155,6 +155,7 @@ pub struct ConfigFile {
     anti_entropy_period_ms: Option<u64>,
     anti_entropy_keys_per_second: Option<u32>,
     anti_entropy_bytes_per_second: Option<u64>,
+    tombstone_grace_ms: Option<u64>,
     gossip_interval_ms: Option<u64>,
     join: Option<bool>,
     node_id: Option<String>,
@@ -282,6 +283,9 @@ fn options_and_given(args: &ServeArgs) -> Result<(ServerOptions, Given)> {
         anti_entropy_bytes_per_second: file
             .anti_entropy_bytes_per_second
             .unwrap_or(defaults.anti_entropy_bytes_per_second),
+        tombstone_grace: file
+            .tombstone_grace_ms
+            .map_or(defaults.tombstone_grace, Duration::from_millis),
         ..ClusterOptions::fitted(
             nodes,
             quorums.n.or(file.n),

@@ -137,6 +137,7 @@ pub(crate) fn stats_reply(
             u64::try_from(at.elapsed().as_millis()).unwrap_or(NEVER - 1).min(NEVER - 1)
         }),
         trees_building: stats.trees_building,
+        tombstones_reaped: transfers.tombstones_reaped,
     };
     encode_message(request_id, &reply)
 }
