@@ -25,7 +25,7 @@ fn exchanges(cluster: &Cluster) -> u64 {
     let options = ClientOptions { timeout: Duration::from_secs(5), ..ClientOptions::default() };
     let mut total = 0;
     for &addr in cluster.addrs() {
-        let client = Client::connect(&[addr], options.clone()).unwrap();
+        let client = Client::connect(&[addr], options).unwrap();
         total += client.stats().unwrap().anti_entropy_exchanges;
     }
     total
