@@ -1166,15 +1166,18 @@ mod tests {
         });
     }
 
+    /// A replica of actor (1, 0) on `disk`, opened again from it each call.
+    fn open_on(disk: &SimDisk) -> Replica<SimDisk> {
+        let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
+        let (store, _) = block_on(Store::open(disk.clone(), options)).unwrap();
+        Replica::new(store, Actor::new(1, 0))
+    }
+
     #[test]
     fn a_reaped_tombstone_is_written_again_above_the_counter_floor() {
         for seed in 0..10 {
             let disk = SimDisk::new(SimDiskOptions::new(seed));
-            let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
-            let open = || {
-                let (store, _) = block_on(Store::open(disk.clone(), options.clone())).unwrap();
-                Replica::new(store, Actor::new(1, 0))
-            };
+            let open = || open_on(&disk);
             let replica = open();
             let empty = VersionVector::new();
             block_on(async {
@@ -1219,11 +1222,7 @@ mod tests {
     #[test]
     fn trees_follow_writes_and_a_rebuild_after_open_agrees() {
         let disk = SimDisk::new(SimDiskOptions::new(3));
-        let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
-        let open = || {
-            let (store, _) = block_on(Store::open(disk.clone(), options.clone())).unwrap();
-            Replica::new(store, Actor::new(1, 0))
-        };
+        let open = || open_on(&disk);
         let replica = open();
         let empty = VersionVector::new();
         let root = block_on(async {
@@ -1267,11 +1266,7 @@ mod tests {
     fn a_key_removed_after_handoff_is_written_again_by_a_fresh_actor() {
         for seed in 0..10 {
             let disk = SimDisk::new(SimDiskOptions::new(seed));
-            let options = StoreOptions { value_bytes_max: 64 << 10, ..StoreOptions::default() };
-            let open = || {
-                let (store, _) = block_on(Store::open(disk.clone(), options.clone())).unwrap();
-                Replica::new(store, Actor::new(1, 0))
-            };
+            let open = || open_on(&disk);
             let replica = open();
             let empty = VersionVector::new();
             block_on(async {

@@ -561,36 +561,16 @@ impl Cluster {
     /// gracefully first if it runs), and waits until it serves. Only for a
     /// `serve` cluster: `up` does not restart nodes.
     pub fn restart(&mut self, i: usize) {
-        let Processes::Serve { children } = &mut self.processes else {
+        let Processes::Serve { children } = &self.processes else {
             panic!("restart needs a cluster started with serve: up does not restart nodes")
         };
-        if let Some(mut child) = children[i].take() {
-            signal(child.id(), libc::SIGTERM);
-            let status = wait_timeout(&mut child, STOP_TIMEOUT);
-            if status.is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            assert!(
-                status.is_some_and(|status| status.success()),
-                "node {i} stopped with {status:?}:\n{}",
-                self.logs()
-            );
+        if children[i].is_some() {
+            self.stop_node(i);
+        } else {
+            // The node's own start-up refuses a port something listens on.
+            self.wait_until_port_free(i);
         }
-        // The node's own start-up refuses a port something listens on.
-        assert!(
-            wait_for_all(&self.addrs[i..=i], nobody_listens, RESTART_PORT_TIMEOUT),
-            "something still listens on node {i}'s port {} {RESTART_PORT_TIMEOUT:?} after the \
-             node exited\n{}",
-            self.addrs[i],
-            self.logs()
-        );
-        self.spawn_node(i);
-        if let Err(StartFailure::PortTaken(log) | StartFailure::Other(log)) =
-            self.wait_until_serving(&[i])
-        {
-            panic!("node {i} did not restart:\n{log}");
-        }
+        self.start_node(i, &[]);
     }
 
     /// Stops every node gracefully (SIGTERM to `up`, or to each `serve`
@@ -715,6 +695,11 @@ impl Cluster {
             "node {i} stopped with {status:?}:\n{}",
             self.logs()
         );
+        self.wait_until_port_free(i);
+    }
+
+    /// Waits until nothing listens on node `i`'s port.
+    fn wait_until_port_free(&self, i: usize) {
         assert!(
             wait_for_all(&self.addrs[i..=i], nobody_listens, RESTART_PORT_TIMEOUT),
             "something still listens on node {i}'s port {} {RESTART_PORT_TIMEOUT:?} after the \

@@ -206,6 +206,29 @@ pub(in crate::cluster) struct Reaping {
     waiting: Vec<NodeId>,
 }
 
+impl Reaping {
+    /// Sends every peer `request` of `keys` and waits for them all in
+    /// `stage`.
+    fn ask_peers(
+        &mut self,
+        op: OpId,
+        stage: ReapStage,
+        keys: Vec<(Vec<u8>, u64)>,
+        deadline: Duration,
+        request: impl Fn(Vec<(Vec<u8>, u64)>) -> PeerRequest,
+        out: &mut Vec<Action>,
+    ) {
+        self.stage = stage;
+        self.deadline = deadline;
+        self.waiting = self.peers.clone();
+        for &peer in &self.peers {
+            out.push(Action::Send { op, to: peer, request: request(keys.clone()) });
+        }
+        self.keys = keys;
+        out.push(Action::Timer { op, at: deadline });
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReapStage {
     Listing,
@@ -825,16 +848,9 @@ impl Coordinator {
                 if old_enough.is_empty() {
                     return self.end_reap(now, op, out);
                 }
-                reaping.stage = ReapStage::Offering;
-                reaping.deadline = deadline;
                 reaping.held = vec![true; old_enough.len()];
-                reaping.waiting = reaping.peers.clone();
-                for &peer in &reaping.peers {
-                    let request = PeerRequest::Offer { partition, keys: old_enough.clone() };
-                    out.push(Action::Send { op, to: peer, request });
-                }
-                reaping.keys = old_enough;
-                out.push(Action::Timer { op, at: deadline });
+                let offer = |keys| PeerRequest::Offer { partition, keys };
+                reaping.ask_peers(op, ReapStage::Offering, old_enough, deadline, offer, out);
             }
             (ReapStage::Removing, LocalResult::Merged) => {
                 self.stats.tombstones_reaped += reaping.keys.len() as u64;
@@ -883,15 +899,8 @@ impl Coordinator {
                 if keys.is_empty() {
                     return self.end_reap(now, op, out);
                 }
-                reaping.stage = ReapStage::Reaping;
-                reaping.deadline = deadline;
-                reaping.waiting = reaping.peers.clone();
-                for &peer in &reaping.peers {
-                    let request = PeerRequest::Reap { partition, keys: keys.clone() };
-                    out.push(Action::Send { op, to: peer, request });
-                }
-                reaping.keys = keys;
-                out.push(Action::Timer { op, at: deadline });
+                let reap = |keys| PeerRequest::Reap { partition, keys };
+                reaping.ask_peers(op, ReapStage::Reaping, keys, deadline, reap, out);
             }
             ReapStage::Reaping => {
                 // Every peer reaped (or kept what changed): now this one.
