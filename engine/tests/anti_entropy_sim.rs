@@ -224,9 +224,10 @@ fn an_operator_repair_runs_at_once_and_reports() {
 fn the_budget_paces_a_big_repair() {
     for_seeds(10, |seed| {
         let mut options = options(seed);
-        // 400 keys to send plus about as many leaf entries to list, at 200
-        // keys a second per node: a few seconds, not one tick.
-        options.cluster.anti_entropy_keys_per_second = 200;
+        // 400 keys to send plus about as many leaf entries to list, at 100
+        // keys a second per node (a second's worth to start with): a few
+        // seconds, not one tick.
+        options.cluster.anti_entropy_keys_per_second = 100;
         let mut sim = Sim::new(options);
         let keys = load(&mut sim, 400, 3, seed);
         sim.run_to_quiescence();
