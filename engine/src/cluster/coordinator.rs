@@ -222,6 +222,22 @@ pub enum LocalOp {
     Reap { partition: u32, keys: Vec<(Vec<u8>, u64)> },
 }
 
+impl LocalOp {
+    /// Whether this is anti-entropy's (background work a driver may run
+    /// behind everything else).
+    pub fn is_anti_entropy(&self) -> bool {
+        matches!(
+            self,
+            LocalOp::TreeHashes { .. }
+                | LocalOp::LeafEntries { .. }
+                | LocalOp::Fetch { .. }
+                | LocalOp::MergeAll { .. }
+                | LocalOp::Tombstones { .. }
+                | LocalOp::Reap { .. }
+        )
+    }
+}
+
 /// How far this node got pulling a partition it gains in a pending ring.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Progress {
@@ -305,6 +321,18 @@ pub enum PeerRequest {
 }
 
 impl PeerRequest {
+    /// Whether this is anti-entropy's (background work).
+    pub fn is_anti_entropy(&self) -> bool {
+        matches!(
+            self,
+            PeerRequest::TreeHashes { .. }
+                | PeerRequest::LeafEntries { .. }
+                | PeerRequest::Fetch { .. }
+                | PeerRequest::Repair { .. }
+                | PeerRequest::Reap { .. }
+        )
+    }
+
     /// Whether the peer must replicate the request's partition (by its own
     /// current or pending ring) to answer it: transfers and anti-entropy.
     /// Two nodes whose rings differ must never hand a key to each other
@@ -759,9 +787,12 @@ impl Coordinator {
     }
 
     /// Whether an operation other than a finished read's repair (kept only
-    /// to ignore its answers) is under way.
+    /// to ignore its answers) or anti-entropy (which never ends: it is
+    /// background upkeep, like heartbeats) is under way.
     pub fn busy(&self) -> bool {
-        self.operations.values().any(|operation| !matches!(operation, Operation::Repair))
+        self.operations.values().any(|operation| {
+            !matches!(operation, Operation::Repair | Operation::AntiEntropy(_) | Operation::Reap(_))
+        })
     }
 
     /// Whether a hint delivery pass is under way.

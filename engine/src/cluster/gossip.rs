@@ -161,8 +161,8 @@
 //!   at once, bypassing both phases: for a new cluster's first ring, or an
 //!   operator's override.
 //! - Heal a split membership: a node gossips only with members it knows,
-//!   falling back to seeds only while it knows none, so two clusters that
-//!   never shared a member never meet.
+//!   falling back to seeds only while it has no ring (it is joining), so
+//!   two clusters that never shared a member never meet.
 //! - Defend against a lying peer: a peer can send any record at any
 //!   version. Digests compare records by a 64-bit hash of their fields, so
 //!   two different records with equal version, status and hash would never
@@ -664,6 +664,14 @@ impl Gossip {
     }
 
     fn pick_peer(&self, rng: &mut impl Rng) -> Option<Peer> {
+        if self.ring.is_none() && !self.seeds.is_empty() {
+            // Joining: the seeds are the running cluster. Members met
+            // before the ring arrived may be joining too (another joiner
+            // that was given this one as a seed); gossiping only with them,
+            // two joiners would wait for each other for ever.
+            let pick = rng.random_range(0..self.seeds.len());
+            return Some(Peer::Seed { addr: self.seeds[pick].clone() });
+        }
         let candidate = |record: &&MemberRecord| record.id() != self.me.id && !record.is_left();
         let count = self.state.members.iter().filter(candidate).count();
         if count > 0 {
@@ -1101,6 +1109,34 @@ mod tests {
         assert_eq!(newcomer.fingerprint(), seed.fingerprint());
         assert_eq!(newcomer.ring().map(|ring| ring.version()), Some(1));
         assert_eq!(seed.status_of(2), Some(MemberStatus::Joining));
+    }
+
+    #[test]
+    fn a_joiner_that_met_another_joiner_first_still_asks_its_seeds() {
+        // Joiner 6 was given joiner 5 and member 1 as seeds, and reached 5
+        // before 5 had the ring: each now knows a member without one.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut cluster = from_state(1, &cluster_state(&[1, 2, 3]));
+        let mut five = node(5, &[1]);
+        let mut six = node(6, &[5, 1]);
+        exchange(&mut six, &mut five, &mut rng);
+        assert!(five.record(6).is_some() && six.record(5).is_some());
+        // Without a ring both keep asking their seeds, and get it.
+        for _ in 0..20 {
+            let mut out = Vec::new();
+            let now = six.next_tick();
+            six.tick(now, &mut rng, &mut out);
+            let picked = out.iter().any(|action| {
+                matches!(action, GossipAction::Send { to: Peer::Seed { addr }, .. } if *addr == member(1).addr)
+            });
+            if picked {
+                exchange(&mut six, &mut cluster, &mut rng);
+                break;
+            }
+        }
+        exchange(&mut five, &mut cluster, &mut rng);
+        assert_eq!(five.ring().map(|ring| ring.version()), Some(1));
+        assert_eq!(six.ring().map(|ring| ring.version()), Some(1));
     }
 
     #[test]

@@ -156,8 +156,18 @@ pub struct SimStats {
 /// on its old connections (its new operations reuse op ids).
 #[derive(Clone, Debug)]
 enum Message {
-    Request { op: OpId, epoch: u64, request: PeerRequest },
-    Reply { op: OpId, epoch: u64, reply: PeerReply },
+    Request {
+        op: OpId,
+        epoch: u64,
+        request: PeerRequest,
+    },
+    /// `background`: the answer to an anti-entropy request.
+    Reply {
+        op: OpId,
+        epoch: u64,
+        reply: PeerReply,
+        background: bool,
+    },
     Gossip(GossipMessage),
 }
 
@@ -246,7 +256,16 @@ impl Event {
                     ..
                 }
                 | Event::Deliver { message: Message::Reply { reply: PeerReply::Pong, .. }, .. }
-        )
+                | Event::Deliver { message: Message::Reply { background: true, .. }, .. }
+        ) || match self {
+            // Anti-entropy is upkeep too: it runs for ever.
+            Event::Deliver { message: Message::Request { request, .. }, .. } => {
+                request.is_anti_entropy()
+            }
+            Event::Disk { work: Work::Coordinator { local, .. }, .. } => local.is_anti_entropy(),
+            Event::Disk { work: Work::Serve { request, .. }, .. } => request.is_anti_entropy(),
+            _ => false,
+        }
     }
 }
 
@@ -838,7 +857,7 @@ impl Sim {
             let Some(running) = self.nodes[node].running.as_mut() else { return };
             let Some((from, op, epoch)) = running.coordinating.remove(&client.0) else { return };
             let reply = PeerReply::Coordinated(reply);
-            self.send(node, from, Message::Reply { op, epoch, reply });
+            self.send(node, from, Message::Reply { op, epoch, reply, background: false });
             return;
         }
         let reference = client;
@@ -954,10 +973,11 @@ impl Sim {
         }
         if self.nodes[to].running.is_none() {
             // A dead node's port refuses the connection: the sender hears.
-            if let Message::Request { op, epoch, .. } = message {
+            if let Message::Request { op, epoch, request } = message {
                 let reply =
                     PeerReply::Failed { code: ErrorCode::Unavailable, message: "refused".into() };
-                self.send(to, from, Message::Reply { op, epoch, reply });
+                let background = request.is_anti_entropy();
+                self.send(to, from, Message::Reply { op, epoch, reply, background });
             }
             return;
         }
@@ -975,7 +995,8 @@ impl Sim {
                 self.step(to, Input::Client { client: ClientRef(token), request, forwarded: true });
             }
             Message::Request { op, epoch, request: PeerRequest::Ping } => {
-                self.send(to, from, Message::Reply { op, epoch, reply: PeerReply::Pong });
+                let reply = PeerReply::Pong;
+                self.send(to, from, Message::Reply { op, epoch, reply, background: false });
             }
             Message::Request { op, epoch: asked, request } => {
                 let delay =
@@ -984,7 +1005,7 @@ impl Sim {
                 let work = Work::Serve { from, op, epoch: asked, request };
                 self.schedule(delay, Event::Disk { node: to, epoch, work });
             }
-            Message::Reply { op, epoch, reply } => {
+            Message::Reply { op, epoch, reply, .. } => {
                 if self.nodes[to].epoch != epoch {
                     return;
                 }
@@ -1004,6 +1025,7 @@ impl Sim {
             }
             Work::Serve { from, op, epoch, request } => {
                 let checked = request.partition_checked();
+                let background = request.is_anti_entropy();
                 let reply = match (checked, request.into_local()) {
                     (Some(partition), _) if !running.coordinator.replicates(partition) => {
                         PeerReply::Failed {
@@ -1014,7 +1036,7 @@ impl Sim {
                     (_, Some(local)) => PeerReply::from_local(block_on(replica.apply(local))),
                     (_, None) => unreachable!("answered on delivery"),
                 };
-                self.send(node, from, Message::Reply { op, epoch, reply });
+                self.send(node, from, Message::Reply { op, epoch, reply, background });
             }
         }
     }
