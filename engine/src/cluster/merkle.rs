@@ -86,7 +86,11 @@
 //! 2 · d · log2(n) hashes, against n = 1M entry hashes (8 MB) for sending
 //! everything. The `merkle` benchmark measures 1024, 1504 and 42 672
 //! hashes for these three cases (378 KiB with framing for d = 1000, 4.8% of
-//! sending everything), and about 31 ns per [`MerkleTree::update`].
+//! sending everything), and about 31 ns per [`MerkleTree::update`]. The
+//! real exchange (`anti_entropy` benchmark: two replicas, the
+//! coordinator's protocol, every key's sets) sends 1024, 1504 and 42 912
+//! hashes; with the leaf listings and the sets repaired both ways, about
+//! 40 KiB, 47 KiB and 637 KiB, in 1.5 ms, 2 ms and 73 ms of CPU.
 //!
 //! # Invariants
 //!
