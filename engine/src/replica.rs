@@ -618,32 +618,57 @@ impl<D: Disk> Replica<D> {
     ) -> Result<(), ReplicaError> {
         for (key, wanted) in keys {
             let _latch = self.latch(partition, key).await;
-            if self.pending.borrow().contains_key(&(partition, key.as_slice().into())) {
+            let Some((bytes, set)) = self.unchanged(partition, key, *wanted).await? else {
                 continue;
-            }
-            let Some(bytes) = self.store.get(partition, key).await? else { continue };
-            if xxh3_64(&bytes) != *wanted {
-                continue;
-            }
-            let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
+            };
             let epoch = self.epoch(partition).await?;
             if set.highest_counter(self.actor_in(epoch)?) > 0 {
                 self.next_epoch(partition).await?;
             }
-            let removed = self.store.remove(partition, key).await;
-            if is_data(partition) {
-                let mut trees = self.trees.borrow_mut();
-                match removed {
-                    Ok(_) => {
-                        trees.written(partition, key, Some(merkle::entry_hash(key, &bytes)), None)
-                    }
-                    Err(_) => trees.invalidate(partition),
-                }
-                drop(trees);
-                self.track_tombstone(partition, key, None);
-            }
-            removed?;
+            self.remove_stored(partition, key, &bytes).await?;
         }
+        Ok(())
+    }
+
+    /// The stored bytes and set of `key`, if no write of it is in flight
+    /// and its set still has token `wanted`. Called under the key's latch.
+    async fn unchanged(
+        &self,
+        partition: u32,
+        key: &[u8],
+        wanted: u64,
+    ) -> Result<Option<(Vec<u8>, SiblingSet)>, ReplicaError> {
+        if self.pending.borrow().contains_key(&(partition, key.into())) {
+            return Ok(None);
+        }
+        let Some(bytes) = self.store.get(partition, key).await? else { return Ok(None) };
+        if xxh3_64(&bytes) != wanted {
+            return Ok(None);
+        }
+        let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
+        Ok(Some((bytes, set)))
+    }
+
+    /// Removes `key`, whose stored bytes are `bytes`, from the store and
+    /// from its partition's tree and tombstones. Called under its latch.
+    async fn remove_stored(
+        &self,
+        partition: u32,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let removed = self.store.remove(partition, key).await;
+        if is_data(partition) {
+            let mut trees = self.trees.borrow_mut();
+            match removed {
+                Ok(_) => trees.written(partition, key, Some(merkle::entry_hash(key, bytes)), None),
+                // The tree may now count a key the store still holds.
+                Err(_) => trees.invalidate(partition),
+            }
+            drop(trees);
+            self.track_tombstone(partition, key, None);
+        }
+        removed?;
         Ok(())
     }
 
@@ -690,14 +715,9 @@ impl<D: Disk> Replica<D> {
         let mut reaped = 0;
         for (key, wanted) in keys {
             let _latch = self.latch(partition, key).await;
-            if self.pending.borrow().contains_key(&(partition, key.as_slice().into())) {
+            let Some((bytes, set)) = self.unchanged(partition, key, *wanted).await? else {
                 continue;
-            }
-            let Some(bytes) = self.store.get(partition, key).await? else { continue };
-            if xxh3_64(&bytes) != *wanted {
-                continue;
-            }
-            let set = SiblingSet::decode(&bytes, self.limits).map_err(ReplicaError::Stored)?;
+            };
             if !set.is_tombstone_only() {
                 continue;
             }
@@ -711,15 +731,7 @@ impl<D: Disk> Replica<D> {
                 self.store.put(FLOOR_SPACE, &partition.to_be_bytes(), &record).await?;
                 self.floors.borrow_mut().insert(partition, (actor.incarnation, counter));
             }
-            let removed = self.store.remove(partition, key).await;
-            let mut trees = self.trees.borrow_mut();
-            match removed {
-                Ok(_) => trees.written(partition, key, Some(merkle::entry_hash(key, &bytes)), None),
-                Err(_) => trees.invalidate(partition),
-            }
-            drop(trees);
-            removed?;
-            self.track_tombstone(partition, key, None);
+            self.remove_stored(partition, key, &bytes).await?;
             reaped += 1;
         }
         Ok(reaped)

@@ -271,7 +271,7 @@ impl Shard {
                             let _ = done.send(reply);
                         }
                     }
-                    Action::Local { op, local } if is_anti_entropy(&local) => {
+                    Action::Local { op, local } if local.is_anti_entropy() => {
                         // Anti-entropy's replica work waits behind clients'.
                         let shard = self.clone();
                         self.spawn_background(async move {
@@ -600,20 +600,6 @@ impl Shard {
             shards[index] = stats;
         }
     }
-}
-
-/// Whether a local operation is anti-entropy's, run behind clients' work
-/// in the shard's low-share task queue.
-fn is_anti_entropy(local: &LocalOp) -> bool {
-    matches!(
-        local,
-        LocalOp::TreeHashes { .. }
-            | LocalOp::LeafEntries { .. }
-            | LocalOp::Fetch { .. }
-            | LocalOp::MergeAll { .. }
-            | LocalOp::Tombstones { .. }
-            | LocalOp::Reap { .. }
-    )
 }
 
 /// The frame a client would have sent for `request` (what a `Coordinate`

@@ -566,10 +566,11 @@ impl Shard {
             PeerRequest::Reap { .. } => Some(Kind::REAP),
             _ => None,
         };
+        let background = request.is_anti_entropy();
         let Some(local) = request.into_local() else {
             return wire::error(request_id, ErrorCode::Internal, "not a replica operation");
         };
-        let result = if kind.is_some() {
+        let result = if background {
             let shard = self.clone();
             let running = glommio::spawn_local_into(
                 async move { shard.replica.apply(local).await },
