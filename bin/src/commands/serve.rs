@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// machine should not all pin: they would crowd the same CPUs.
     #[arg(long)]
     pub pin: Option<bool>,
+    /// What drives the client sockets: uring (the shard's own io_uring
+    /// ring; the default, falling back to glommio before Linux 6.1) or
+    /// glommio (glommio's sockets).
+    #[arg(long)]
+    pub transport: Option<holdfast_engine::server::Transport>,
     /// The other nodes of the cluster, by address, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
     pub seeds: Option<Vec<SocketAddr>>,
@@ -137,6 +142,7 @@ pub struct ConfigFile {
     frame_bytes_max: Option<u32>,
     connection_in_flight_max: Option<usize>,
     pin: Option<bool>,
+    transport: Option<String>,
     compaction_bytes_per_second: Option<u64>,
     seeds: Option<Vec<SocketAddr>>,
     n: Option<u8>,
@@ -212,6 +218,11 @@ fn options_and_given(args: &ServeArgs) -> Result<(ServerOptions, Given)> {
     options.connection_in_flight_max =
         file.connection_in_flight_max.unwrap_or(options.connection_in_flight_max);
     options.pin = args.pin.or(file.pin).unwrap_or(options.pin);
+    options.transport = match (args.transport, &file.transport) {
+        (Some(transport), _) => transport,
+        (None, Some(text)) => text.parse().map_err(|error: String| anyhow::anyhow!(error))?,
+        (None, None) => options.transport,
+    };
     options.compaction_bytes_per_second =
         file.compaction_bytes_per_second.unwrap_or(options.compaction_bytes_per_second);
     if options.compaction_bytes_per_second == 0 {

@@ -44,6 +44,7 @@ mod connection;
 mod membership;
 mod seeds;
 mod shard;
+mod uring;
 mod wire;
 
 use std::net::SocketAddr;
@@ -98,6 +99,33 @@ pub struct ServerOptions {
     /// incarnation its earlier life cannot have used: see `identity`). If
     /// `node.id` names another node, the node refuses to start.
     pub node_id: Option<u64>,
+    /// What drives the clients' sockets.
+    pub transport: Transport,
+}
+
+/// What drives a shard's client sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The shard's own io_uring ring (multishot accept and receive into
+    /// provided buffers, sends batched per loop turn, completions run only
+    /// when the shard asks): see `server/uring.rs`. Falls back to
+    /// [`Transport::Glommio`] on a kernel without it (before 6.1).
+    #[default]
+    Uring,
+    /// glommio's sockets (a poll on glommio's ring, then `recv`/`send`).
+    Glommio,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Transport, String> {
+        match text {
+            "uring" => Ok(Transport::Uring),
+            "glommio" => Ok(Transport::Glommio),
+            other => Err(format!("unknown transport {other:?} (uring or glommio)")),
+        }
+    }
 }
 
 impl ServerOptions {
@@ -121,6 +149,7 @@ impl ServerOptions {
             gossip_interval: Duration::from_secs(1),
             join: false,
             node_id: None,
+            transport: Transport::Uring,
         }
     }
 }

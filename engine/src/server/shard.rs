@@ -23,10 +23,11 @@ use holdfast_net::message::{
 };
 use holdfast_net::ring::Member;
 
-use super::ServerOptions;
 use super::cluster::{ClusterDriver, StatsCell};
 use super::membership::{Membership, StartCell, ViewCell};
+use super::uring::Uring;
 use super::wire;
+use super::{ServerOptions, Transport};
 use crate::cluster::coordinator::{
     ClientRequest, Coordinator, PeerReply, PeerRequest, RepairReport,
 };
@@ -276,24 +277,20 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
         .detach();
     }
 
-    let listener = TcpListener::bind(options.listen)
-        .map_err(|error| format!("listening on {}: {error}", options.listen))?;
-    loop {
-        let accepting = std::pin::pin!(listener.accept());
-        let stopping = std::pin::pin!(shard.stopping.wait());
-        match futures::future::select(accepting, stopping).await {
-            futures::future::Either::Left((Ok(stream), _)) => {
-                let shard = shard.clone();
-                glommio::spawn_local(super::connection::serve(shard, stream)).detach();
+    let ring = match options.transport {
+        Transport::Uring => match Uring::new() {
+            Ok(ring) => Some(ring),
+            Err(error) => {
+                tracing::warn!(shard = id, %error, "no io_uring socket path here; using glommio's sockets");
+                None
             }
-            futures::future::Either::Left((Err(error), _)) => {
-                tracing::warn!(shard = id, %error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-            futures::future::Either::Right(_) => break,
-        }
+        },
+        Transport::Glommio => None,
+    };
+    match ring {
+        Some(ring) => accept_on_ring(&shard, ring).await?,
+        None => accept_on_glommio(&shard).await?,
     }
-    drop(listener);
     // Finish what is in flight, then make the store durable and close it.
     while shard.in_flight.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -302,6 +299,70 @@ pub(crate) async fn run(context: ShardContext) -> Result<u64, String> {
     tracing::info!(shard = id, requests, "shard stopping");
     shard.replica.store().close().await.map_err(|error| error.to_string())?;
     Ok(requests)
+}
+
+/// Serves the clients' connections on the shard's own ring until the
+/// shard stops; then waits (a while) for their last replies to go out.
+async fn accept_on_ring(shard: &Rc<Shard>, ring: Rc<Uring>) -> Result<(), String> {
+    let listen = shard.options.listen;
+    ring.listen(listen).map_err(|error| format!("listening on {listen}: {error}"))?;
+    tracing::info!(shard = shard.id, "clients served on the shard's own io_uring ring");
+    let stopped = Rc::new(Cell::new(false));
+    let driving = {
+        let (ring, stopped) = (ring.clone(), stopped.clone());
+        let id = shard.id;
+        glommio::spawn_local(async move {
+            if let Err(error) = ring.drive(move || stopped.get()).await {
+                tracing::error!(shard = id, %error, "the client socket ring failed");
+            }
+        })
+        .detach()
+    };
+    loop {
+        let accepting = std::pin::pin!(ring.accept());
+        let stopping = std::pin::pin!(shard.stopping.wait());
+        match futures::future::select(accepting, stopping).await {
+            futures::future::Either::Left((Ok(socket), _)) => {
+                glommio::spawn_local(super::connection::serve(shard.clone(), socket)).detach();
+            }
+            futures::future::Either::Left((Err(error), _)) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            futures::future::Either::Right(_) => break,
+        }
+    }
+    ring.stop_listening().map_err(|error| error.to_string())?;
+    stopped.set(true);
+    // Connections close once their requests are answered; their replies
+    // are flushed by the ring. A client that stopped reading does not
+    // hold the shutdown up for long.
+    let flushed = std::pin::pin!(driving);
+    let waited = std::pin::pin!(glommio::timer::sleep(Duration::from_secs(2)));
+    futures::future::select(flushed, waited).await;
+    Ok(())
+}
+
+async fn accept_on_glommio(shard: &Rc<Shard>) -> Result<(), String> {
+    let listen = shard.options.listen;
+    let listener =
+        TcpListener::bind(listen).map_err(|error| format!("listening on {listen}: {error}"))?;
+    loop {
+        let accepting = std::pin::pin!(listener.accept());
+        let stopping = std::pin::pin!(shard.stopping.wait());
+        match futures::future::select(accepting, stopping).await {
+            futures::future::Either::Left((Ok(stream), _)) => {
+                let stream = super::connection::GlommioStream::new(stream);
+                glommio::spawn_local(super::connection::serve(shard.clone(), stream)).detach();
+            }
+            futures::future::Either::Left((Err(error), _)) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            futures::future::Either::Right(_) => break,
+        }
+    }
+    Ok(())
 }
 
 impl Shard {
