@@ -761,6 +761,12 @@ impl Coordinator {
         self.transfers.ready = None;
     }
 
+    /// Whether `op` has not finished yet (a timer of a finished operation
+    /// need not be handed back).
+    pub fn is_running(&self, op: OpId) -> bool {
+        self.operations.contains_key(&op)
+    }
+
     pub fn stats(&self) -> CoordinatorStats {
         self.stats
     }

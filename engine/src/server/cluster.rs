@@ -33,7 +33,7 @@
 //! for a pending ring.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,14 @@ pub(crate) struct ClusterDriver {
     /// Clients awaiting a reply, by the ref given to the coordinator.
     clients: RefCell<AHashMap<u64, oneshot::Sender<ClientReply>>>,
     next_client: Cell<u64>,
-    timers: RefCell<BTreeSet<(Duration, OpId)>>,
+    /// Coordinator timers by the tick they fall due in. Nearly every
+    /// operation sets one (reads and writes at their deadline, seconds
+    /// away) and nearly all finish long before it, so setting one must be
+    /// cheap: a push onto the due tick's list. (A set ordered by deadline
+    /// held throughput x timeout entries, hundreds of thousands under load,
+    /// and its inserts and expiry were a tenth of a shard's time.) Timers of
+    /// operations already finished are dropped when they fall due.
+    timers: RefCell<BTreeMap<u64, Vec<OpId>>>,
     links: RefCell<BTreeMap<NodeId, Rc<Link>>>,
     view: ViewCell,
     stats: StatsCell,
@@ -131,7 +138,7 @@ impl ClusterDriver {
             coordinator: RefCell::new(coordinator),
             clients: RefCell::new(AHashMap::new()),
             next_client: Cell::new(1),
-            timers: RefCell::new(BTreeSet::new()),
+            timers: RefCell::new(BTreeMap::new()),
             links: RefCell::new(BTreeMap::new()),
             view,
             stats,
@@ -302,7 +309,9 @@ impl Shard {
                         }
                     }
                     Action::Timer { op, at } => {
-                        self.cluster.timers.borrow_mut().insert((at, op));
+                        // Rounded up: a timer never fires early.
+                        let tick = at.as_nanos().div_ceil(TIMER_TICK.as_nanos()) as u64;
+                        self.cluster.timers.borrow_mut().entry(tick).or_default().push(op);
                     }
                     Action::Repaired { ticket, report } => {
                         if let Some(done) = self.cluster.repairs.borrow_mut().remove(&ticket) {
@@ -557,13 +566,16 @@ impl Shard {
             glommio::timer::sleep(TIMER_TICK).await;
             self.cluster.adopt_ring();
             let now = self.cluster.now();
-            let expired: Vec<(Duration, OpId)> = {
+            let due = {
                 let mut timers = self.cluster.timers.borrow_mut();
-                let later = timers.split_off(&(now, OpId(u64::MAX)));
-                std::mem::replace(&mut *timers, later).into_iter().collect()
+                let tick = (now.as_nanos() / TIMER_TICK.as_nanos()) as u64;
+                let later = timers.split_off(&(tick + 1));
+                std::mem::replace(&mut *timers, later)
             };
-            for (_, op) in expired {
-                self.drive(Input::Timer { op });
+            for op in due.into_values().flatten() {
+                if self.cluster.coordinator.borrow().is_running(op) {
+                    self.drive(Input::Timer { op });
+                }
             }
             self.drive(Input::Tick);
             if now >= published + STATS_EVERY {
