@@ -10,7 +10,9 @@ requests in flight per connection, same workload and keys), and prints:
   holdfast `--fsync always` vs Redis `appendfsync always`) and workload
   (a: 50% read 50% update; c: read only): closed-loop peak throughput, and
   p50/p99/p99.9 per operation at an open-loop rate of half of each one's
-  own peak (latency counted from the intended send time).
+  own peak (latency counted from the intended send time), and how far the
+  generator itself fell behind its schedule (its send lag, p99.9), which
+  is part of those latencies.
 
 Usage (from the repository root, after `cargo build --release`):
 
@@ -147,6 +149,10 @@ def measure(target, port, args):
             "half_throughput_ops": opened["run"]["throughput_ops"],
             "half_errors": opened["run"]["errors"],
             "half_ops": ops(opened),
+            # How far behind its schedule the generator itself fell: part
+            # of every latency above, since latency counts from the
+            # intended send time.
+            "half_send_lag": opened["run"]["send_lag"],
         }
     return results
 
@@ -163,7 +169,8 @@ def table(results):
         lines.append(f"durability {durability}")
         lines.append(
             f"{'target':10} {'wl':3} {'peak ops/s':>11} {'ratio':>6} {'half rate':>10} "
-            f"{'op':7} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'max us':>8} {'errors':>6}"
+            f"{'op':7} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'max us':>8} {'errors':>6} "
+            f"{'lag p99.9':>9}"
         )
         for workload in ("a", "c"):
             redis_peak = by_target["redis"][workload]["peak_ops"]
@@ -175,7 +182,8 @@ def table(results):
                         f"{target:10} {workload:3} {run['peak_ops']:11.0f} {ratio:6.2f} "
                         f"{run['half_rate']:10d} {name:7} {op['p50_us']:8.1f} {op['p99_us']:8.1f} "
                         f"{op['p999_us']:9.1f} {op['max_us']:8.1f} "
-                        f"{run['peak_errors'] + run['half_errors']:6d}"
+                        f"{run['peak_errors'] + run['half_errors']:6d} "
+                        f"{(run['half_send_lag'] or {}).get('p999_us', 0.0):9.1f}"
                     )
     return "\n".join(lines)
 

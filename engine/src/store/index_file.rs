@@ -52,11 +52,25 @@ pub fn temporary_name(id: u64) -> String {
 
 /// Encodes the index file of segment `id`, padded to `alignment`.
 pub fn encode(id: u64, data_end: u64, records: &[ScannedRecord], alignment: usize) -> Vec<u8> {
+    let mut out = encode_start(id, data_end, records.len());
+    encode_entries(&mut out, records);
+    encode_finish(&mut out, alignment);
+    out
+}
+
+/// The first step of [`encode`] in pieces (so a large segment's index file
+/// is made between other work): the fixed header, for `count` entries.
+pub fn encode_start(id: u64, data_end: u64, count: usize) -> Vec<u8> {
     let mut out = vec![0; FIXED_BYTES];
     out[0..8].copy_from_slice(&MAGIC);
     out[16..24].copy_from_slice(&id.to_le_bytes());
     out[24..32].copy_from_slice(&data_end.to_le_bytes());
-    out[32..40].copy_from_slice(&(records.len() as u64).to_le_bytes());
+    out[32..40].copy_from_slice(&(count as u64).to_le_bytes());
+    out
+}
+
+/// Appends `records`' entries, in order, after [`encode_start`].
+pub fn encode_entries(out: &mut Vec<u8>, records: &[ScannedRecord]) {
     for entry in records {
         let offset = u32::try_from(entry.offset).expect("segments are smaller than 4 GiB");
         out.extend_from_slice(&entry.partition.to_le_bytes());
@@ -67,12 +81,16 @@ pub fn encode(id: u64, data_end: u64, records: &[ScannedRecord], alignment: usiz
         out.push(entry.kind as u8);
         out.extend_from_slice(&entry.key);
     }
+}
+
+/// Seals what [`encode_start`] and [`encode_entries`] made: the entries'
+/// length, the checksum, and padding to `alignment`.
+pub fn encode_finish(out: &mut Vec<u8>, alignment: usize) {
     let entries_bytes = (out.len() - FIXED_BYTES) as u64;
     out[40..48].copy_from_slice(&entries_bytes.to_le_bytes());
     let checksum = crc32c::crc32c(&out[12..]);
     out[8..12].copy_from_slice(&checksum.to_le_bytes());
     out.resize(out.len().next_multiple_of(alignment), 0);
-    out
 }
 
 /// Why an index file was not trusted.

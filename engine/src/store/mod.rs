@@ -118,6 +118,8 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 const _: () = assert!(READ_CHUNK_BYTES.is_multiple_of(segment::HEADER_BLOCK_BYTES));
 /// Compaction yields to foreground work after scanning this many records.
 const COMPACTION_RECORDS_PER_YIELD: usize = 256;
+/// Index entries encoded, or checked for liveness, between yields.
+const INDEX_ENTRIES_PER_YIELD: usize = 4096;
 /// Compaction writes (and syncs) its copies in chunks of about this size.
 const COMPACTION_CHUNK_BYTES: u64 = 1 << 20;
 
@@ -987,6 +989,18 @@ impl<D: Disk> Store<D> {
     /// block goes through `create`; the rest is written in chunks through
     /// the disk's own path, so a large index file is never one long
     /// synchronous copy on the shard's thread nor one burst on the disk.
+    /// The header of segment `id`'s index file, with room reserved for
+    /// its entries; `None` if it needs none.
+    fn index_file_start(&self, id: u64) -> Option<Vec<u8>> {
+        let inner = self.inner.borrow();
+        let segment = inner.segments.get(&id)?;
+        let IndexFileState::Pending(records) = &segment.index_file else { return None };
+        let mut contents = index_file::encode_start(id, segment.data_end, records.len());
+        let bytes: usize = records.iter().map(|record| record.key.len() + 29).sum();
+        contents.reserve(bytes + self.alignment);
+        Some(contents)
+    }
+
     pub async fn write_index_files_paced(&self, pace: &mut impl Pace) -> Result<(), WriteError> {
         let todo: Vec<u64> = {
             let inner = self.inner.borrow();
@@ -1000,12 +1014,31 @@ impl<D: Disk> Store<D> {
                 .collect()
         };
         for id in todo {
-            let contents = {
-                let inner = self.inner.borrow();
-                let Some(segment) = inner.segments.get(&id) else { continue };
-                let IndexFileState::Pending(records) = &segment.index_file else { continue };
-                index_file::encode(id, segment.data_end, records, self.alignment)
-            };
+            // Encoded a slice at a time: a full segment's index is a few
+            // hundred thousand entries, tens of milliseconds in one go.
+            let Some(mut contents) = self.index_file_start(id) else { continue };
+            let mut done = 0;
+            loop {
+                {
+                    let inner = self.inner.borrow();
+                    let Some(segment) = inner.segments.get(&id) else { break };
+                    let IndexFileState::Pending(records) = &segment.index_file else { break };
+                    let end = (done + INDEX_ENTRIES_PER_YIELD).min(records.len());
+                    index_file::encode_entries(&mut contents, &records[done..end]);
+                    done = end;
+                    if done == records.len() {
+                        break;
+                    }
+                }
+                yield_now().await;
+            }
+            let complete = self.inner.borrow().segments.get(&id).is_some_and(|segment| {
+                matches!(&segment.index_file, IndexFileState::Pending(records) if records.len() == done)
+            });
+            if !complete {
+                continue;
+            }
+            index_file::encode_finish(&mut contents, self.alignment);
             let temporary = index_file::temporary_name(id);
             let (head, rest) = contents.split_at(self.alignment);
             let file = self.disk.create(&temporary, head).await.map_err(WriteError::from_io)?;
@@ -1141,27 +1174,41 @@ impl<D: Disk> Store<D> {
         // Decide what survives. A removal survives unless no other segment
         // (other than this compaction's own outputs, which hold only
         // records that were live) can hold an older record of its key.
+        // A slice of records at a time, yielding between slices (a segment
+        // holds a few hundred thousand). A record found live may be
+        // overwritten meanwhile; copying it anyway is harmless (the newer
+        // record wins by sequence number, and the next compaction drops
+        // it). Segments made meanwhile hold only newer records, so they do
+        // not lower `oldest_elsewhere`.
         let mut survivors = Vec::new();
         let mut dropped = Vec::new();
-        {
-            let inner = self.inner.borrow();
-            let oldest_elsewhere = inner
-                .segments
-                .iter()
-                .filter(|(other, _)| **other != id && !outputs.contains(other))
-                .map(|(_, segment)| segment.min_seq)
-                .min()
-                .unwrap_or(u64::MAX);
-            for record in scan.records {
-                let at = location(id, &record);
-                if inner.index.get(record.partition, &record.key) != Some(&at) {
-                    continue;
-                }
-                match record.kind {
-                    RecordKind::Remove if record.seq < oldest_elsewhere => dropped.push(record),
-                    _ => survivors.push(record),
+        let oldest_elsewhere = self
+            .inner
+            .borrow()
+            .segments
+            .iter()
+            .filter(|(other, _)| **other != id && !outputs.contains(other))
+            .map(|(_, segment)| segment.min_seq)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut records = scan.records.into_iter().peekable();
+        while records.peek().is_some() {
+            {
+                let inner = self.inner.borrow();
+                for record in records.by_ref().take(INDEX_ENTRIES_PER_YIELD) {
+                    let at = location(id, &record);
+                    if inner.index.get(record.partition, &record.key) != Some(&at) {
+                        continue;
+                    }
+                    match record.kind {
+                        RecordKind::Remove if record.seq < oldest_elsewhere => {
+                            dropped.push(record);
+                        }
+                        _ => survivors.push(record),
+                    }
                 }
             }
+            yield_now().await;
         }
         // Copy in chunks of about a megabyte, each written and synced at
         // once, yielding to foreground work in between.
