@@ -13,11 +13,13 @@
 //!   +---------+ frames+---------+   arrived in, its reply comes back the same
 //! ```
 //!
-//! Each shard listens on the same address (glommio binds with
-//! `SO_REUSEPORT`), accepts its own connections, and serves each as a
-//! reader task, a task per request (so requests on one connection are
-//! answered as they complete, possibly out of order), and a writer task
-//! that coalesces every reply ready into one `write`. A request whose key
+//! Each shard listens on the same address (`SO_REUSEPORT`), accepts its
+//! own connections, and serves each as a reader task and a task per
+//! request (so requests on one connection are answered as they complete,
+//! possibly out of order); replies queue on the connection and go out
+//! together, one `send` per connection per loop turn. The sockets are
+//! driven by the shard's own io_uring ring (`uring`), or by glommio's
+//! (`Transport::Glommio`, the fallback). A request whose key
 //! belongs to another shard travels there over the mesh as the frame it
 //! arrived in and its reply frame travels back, neither re-encoded; there
 //! are no locks on the data path.
