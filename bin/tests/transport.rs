@@ -132,3 +132,17 @@ fn a_client_that_stops_reading_holds_up_neither_others_nor_the_shutdown() {
         drop((greedy, idle, half));
     }
 }
+
+/// Regression: on the ring, the listener's cancellation sat unsubmitted
+/// while the ring's task slept, so every shard waited out its 2 s grace
+/// before stopping. An idle node stops in tens of milliseconds.
+#[test]
+fn an_idle_node_stops_promptly_on_both_transports() {
+    for transport in TRANSPORTS {
+        let mut cluster = node(transport);
+        let began = std::time::Instant::now();
+        cluster.stop();
+        let took = began.elapsed();
+        assert!(took < Duration::from_millis(1500), "{transport}: stopping took {took:?}");
+    }
+}

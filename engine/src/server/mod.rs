@@ -61,7 +61,7 @@ use crate::store::{RecoveryReport, StoreOptions, SyncPolicy};
 
 /// How long a shard's task queue runs before the executor polls its rings
 /// and may switch queues (see where the executors are built).
-const PREEMPT_TIMER: Duration = Duration::from_millis(1);
+const PREEMPT_TIMER: Duration = Duration::from_millis(100);
 
 /// How a node is configured.
 #[derive(Debug, Clone)]
@@ -421,11 +421,14 @@ pub fn run(options: ServerOptions, shutdown: Arc<AtomicBool>) -> Result<ServerRe
             .name(&format!("shard-{shard}"))
             // How long a task queue may run before glommio polls its own
             // rings (the store's I/O, timers) and switches queues. glommio
-            // cuts a queue short when a socket of its own has input, but
+            // also cuts a queue short when a socket of its own has input;
             // client sockets live on the shard's own ring (`uring`), so
-            // this timer is what bounds how long background work
-            // (compaction, index files, tree builds) delays the rest: at
-            // 100 ms, half-rate write load saw 50-90 ms stalls.
+            // this timer bounds how long background work can hold the
+            // shard. 1 ms cut half-rate write tails, but 14 of 120 nodes
+            // started three at a time then hung before opening their
+            // stores (parked in glommio with a timer due), so it stays at
+            // 100 ms until that is understood; background work yields
+            // every few thousand records instead.
             .preempt_timer(PREEMPT_TIMER)
             .spawn(move || shard::run(context))
             .map_err(|error| ServerError::Shard { shard, message: error.to_string() })?;

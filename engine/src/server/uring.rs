@@ -683,8 +683,10 @@ impl State {
         }
     }
 
-    fn has_work(&self) -> bool {
+    fn has_work(&mut self) -> bool {
+        // A submission queued outside a turn (a cancel) is work too.
         !self.dirty.is_empty()
+            || !self.ring.submission().is_empty()
             || self.listener.as_ref().is_some_and(|listener| {
                 listener.wants_arming() || (listener.closed && !listener.armed)
             })
@@ -849,7 +851,7 @@ impl Uring {
                 if let Poll::Ready(()) = woken.as_mut().poll(cx) {
                     return Poll::Ready(true);
                 }
-                if self.state.borrow().has_work() {
+                if self.state.borrow_mut().has_work() {
                     return Poll::Ready(false);
                 }
                 self.driver.set(Some(cx.waker().clone()));
