@@ -533,11 +533,6 @@ impl State {
                 self.push(entry)?;
             }
         }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
         Ok(())
     }
 
@@ -822,7 +817,7 @@ impl Uring {
 
     /// Runs the ring until `done` says so and nothing is left open.
     pub(crate) async fn drive(self: Rc<Self>, done: impl Fn() -> bool) -> io::Result<()> {
-        let eventfd = Rc::new(unsafe_glommio_file(&self.eventfd)?);
+        let eventfd = Rc::new(eventfd_file(&self.eventfd)?);
         let mut woken = Box::pin(read_eventfd(eventfd.clone()));
         loop {
             let worked = match self.turn() {
@@ -844,7 +839,7 @@ impl Uring {
                 return Ok(());
             }
             if worked {
-                yield_now().await;
+                glommio::executor().yield_now().await;
                 continue;
             }
             let eventfd_fired = poll_fn(|cx| {
@@ -903,7 +898,7 @@ impl Uring {
 
 /// The eventfd, as a file glommio reads through its own ring (so the
 /// executor parks on it as on anything else). glommio closes the duplicate.
-fn unsafe_glommio_file(eventfd: &OwnedFd) -> io::Result<glommio::io::BufferedFile> {
+fn eventfd_file(eventfd: &OwnedFd) -> io::Result<glommio::io::BufferedFile> {
     // SAFETY: plain syscall; the duplicate is owned by the BufferedFile.
     let duplicate = check(unsafe { libc::dup(eventfd.as_raw_fd()) })?;
     // SAFETY: `duplicate` is a fresh descriptor nothing else owns.
@@ -915,20 +910,6 @@ async fn read_eventfd(eventfd: Rc<glommio::io::BufferedFile>) {
         // Should never happen; do not spin if it does.
         glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
     }
-}
-
-async fn yield_now() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await;
 }
 
 /// One client connection on a shard's ring. Dropping it flushes what is

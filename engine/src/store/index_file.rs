@@ -33,7 +33,7 @@ use super::segment::{ScannedRecord, parse_hex_name};
 
 const MAGIC: [u8; 8] = *b"hfidx001";
 const FIXED_BYTES: usize = 48;
-const ENTRY_FIXED_BYTES: usize = 25;
+pub(crate) const ENTRY_FIXED_BYTES: usize = 25;
 
 /// The file name of the index file of segment `id`.
 pub fn file_name(id: u64) -> String {

@@ -996,7 +996,8 @@ impl<D: Disk> Store<D> {
         let segment = inner.segments.get(&id)?;
         let IndexFileState::Pending(records) = &segment.index_file else { return None };
         let mut contents = index_file::encode_start(id, segment.data_end, records.len());
-        let bytes: usize = records.iter().map(|record| record.key.len() + 29).sum();
+        let bytes: usize =
+            records.iter().map(|record| record.key.len() + index_file::ENTRY_FIXED_BYTES).sum();
         contents.reserve(bytes + self.alignment);
         Some(contents)
     }
